@@ -1,0 +1,1 @@
+"""The I/O shell: Redis store, RabbitMQ transport, timers, the service and the CLI."""

@@ -1,0 +1,1 @@
+"""The participants SDK: a worker that answers saga commands, and example participants."""

@@ -1,0 +1,1 @@
+"""Example participants: real processes with their own state in Redis."""

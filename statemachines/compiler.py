@@ -1,0 +1,174 @@
+"""Compile a `Saga` into one `transitions.Machine` per saga type.
+
+States: `new`, one forward state per step (named after the step), one
+`compensating_<step>` state per compensable step, and the terminal states
+`completed`, `compensated` and `stuck`.
+
+Triggers: `start`, `succeeded`, `failed`, `timed_out`, and those the engine
+fires for timers, operators and bugs: `resend` (a retry's backoff has
+passed), `expired` (the saga's own deadline, only where one is declared),
+`abort` (force compensation), `resume` (retry a stuck saga) and `fault` (a
+payload could not be built: the saga is stuck until the code is fixed).
+
+The machine's callbacks only record decisions on the model (see
+`decide.Run`); conditions read the model. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from transitions import EventData, Machine, State
+
+from statemachines.messages import Status
+
+if TYPE_CHECKING:
+    from statemachines.decide import Run
+    from statemachines.dsl import Saga
+
+NEW, COMPLETED, COMPENSATED, STUCK = "new", "completed", "compensated", "stuck"
+TRIGGERS = ("start", "succeeded", "failed", "timed_out", "resend", "expired", "abort", "resume", "fault")
+# Triggers that are not part of the saga's business flow; graph export leaves
+# them out unless asked.
+OPERATOR_TRIGGERS = frozenset({"resend", "abort", "resume", "fault"})
+
+
+def compensating(step: str) -> str:
+    return f"compensating_{step}"
+
+
+def _run(event: EventData) -> Run:
+    return cast("Run", event.model)
+
+
+@dataclass
+class CompiledSaga:
+    saga: Saga
+    machine: Machine
+    # state name -> (step index, action) for every step state
+    step_states: dict[str, tuple[int, str]] = field(default_factory=dict)
+    status_of: dict[str, Status] = field(default_factory=dict)
+
+    def state_for(self, index: int, action: str) -> str:
+        name = self.saga.steps[index].name
+        return name if action == "do" else compensating(name)
+
+
+def compile_saga(saga: Saga) -> CompiledSaga:
+    steps = saga.steps
+    pivot = saga.pivot_index
+    last_compensable_before = _compensation_targets(saga)
+
+    def undo_from(index: int) -> str:
+        """Where compensation starts when the step at `index` did not happen."""
+        before = last_compensable_before[index]
+        return COMPENSATED if before is None else compensating(steps[before].name)
+
+    states: list[State] = [State(NEW)]
+    compiled = CompiledSaga(saga=saga, machine=None)  # type: ignore[arg-type]
+    transitions: list[dict[str, Any]] = []
+
+    def add(trigger: str, source: str, dest: str | None, **kwargs: Any) -> None:
+        transitions.append({"trigger": trigger, "source": source, "dest": dest, **kwargs})
+
+    def may_retry(event: EventData) -> bool:
+        return _run(event).may_retry()
+
+    def uncertain(event: EventData) -> bool:
+        return _run(event).inst.maybe_applied
+
+    def in_flight(event: EventData) -> bool:
+        inst = _run(event).inst
+        return inst.maybe_applied or inst.waiting == "reply"
+
+    def schedule_retry(event: EventData) -> None:
+        _run(event).schedule_retry()
+
+    def resend(event: EventData) -> None:
+        _run(event).send_again()
+
+    for index, step in enumerate(steps):
+        forward = step.name
+
+        def enter_forward(event: EventData, index: int = index) -> None:
+            _run(event).send(index, "do")
+
+        states.append(State(forward, on_enter=[enter_forward]))
+        compiled.step_states[forward] = (index, "do")
+        compiled.status_of[forward] = "running"
+        if step.compensable:
+            name = compensating(forward)
+
+            def enter_compensating(event: EventData, index: int = index) -> None:
+                _run(event).send(index, "compensate")
+
+            states.append(State(name, on_enter=[enter_compensating]))
+            compiled.step_states[name] = (index, "compensate")
+            compiled.status_of[name] = "compensating"
+
+        if index == 0:
+            add("start", NEW, forward)
+        add("succeeded", forward, steps[index + 1].name if index + 1 < len(steps) else COMPLETED)
+        add("resend", forward, None, after=[resend])
+        after_pivot = pivot is not None and index > pivot
+        for trigger in ("failed", "timed_out"):
+            add(trigger, forward, None, conditions=[may_retry], after=[schedule_retry])
+            if after_pivot:
+                add(trigger, forward, STUCK)
+                continue
+            if step.compensable:
+                add(trigger, forward, compensating(forward), conditions=[uncertain])
+            add(trigger, forward, undo_from(index))
+        if not after_pivot:
+            for trigger in ("abort", "expired") if saga.deadline else ("abort",):
+                if step.compensable:
+                    add(trigger, forward, compensating(forward), conditions=[in_flight])
+                add(trigger, forward, undo_from(index))
+
+        if step.compensable:
+            name = compensating(forward)
+            add("succeeded", name, undo_from(index))
+            add("resend", name, None, after=[resend])
+            for trigger in ("failed", "timed_out"):
+                add(trigger, name, None, conditions=[may_retry], after=[schedule_retry])
+                add(trigger, name, STUCK)
+
+    def finish(event: EventData) -> None:
+        _run(event).finish()
+
+    for terminal in (COMPLETED, COMPENSATED, STUCK):
+        states.append(State(terminal, on_enter=[finish]))
+        compiled.status_of[terminal] = terminal  # type: ignore[assignment]
+    compiled.status_of[NEW] = "new"
+
+    # A stuck saga resumes in the step state it was stuck in.
+    for state in compiled.step_states:
+
+        def stuck_in(event: EventData, state: str = state) -> bool:
+            return _run(event).resume_state == state
+
+        add("resume", STUCK, state, conditions=[stuck_in])
+        add("fault", state, STUCK)
+
+    compiled.machine = Machine(
+        model=None,
+        states=states,
+        transitions=transitions,
+        initial=NEW,
+        auto_transitions=False,
+        send_event=True,
+        name=saga.name,
+    )
+    return compiled
+
+
+def _compensation_targets(saga: Saga) -> list[int | None]:
+    """For each step index, the nearest compensable step before it, if any."""
+    found: list[int | None] = []
+    last: int | None = None
+    for index, step in enumerate(saga.steps):
+        found.append(last)
+        if step.compensable:
+            last = index
+    return found

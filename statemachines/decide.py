@@ -1,0 +1,281 @@
+"""decide(): one event applied to one saga, with no I/O and no clock.
+
+(saga definition, stored instance, event, now) -> Decision: the new
+instance, the commands to send, the lifecycle events to publish and the
+history to append. The orchestrator and the test harness both call it; the
+first persists and publishes what it returns, the second keeps it in memory.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from transitions import MachineError
+
+from statemachines.compiler import CompiledSaga
+from statemachines.dsl import Retry, Saga, Step
+from statemachines.instance import HistoryEntry, SagaInstance
+from statemachines.messages import TERMINAL, Command, ErrorInfo, Reply, SagaEvent
+
+
+class Start(msgspec.Struct, kw_only=True):
+    saga_id: str
+    data: dict[str, Any] = {}
+    reply_to: str | None = None
+
+
+class Due(msgspec.Struct):
+    """A deadline of the saga has (perhaps) passed; decide checks against `now`."""
+
+
+class Resume(msgspec.Struct):
+    """An operator retries a stuck saga from the step it is stuck in."""
+
+
+class Abort(msgspec.Struct):
+    """An operator forces a running saga to compensate."""
+
+    reason: str = "compensation forced by an operator"
+
+
+Event = Start | Reply | Due | Resume | Abort
+
+
+@dataclass
+class Decision:
+    instance: SagaInstance | None
+    commands: list[Command] = field(default_factory=list)
+    events: list[SagaEvent] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    # False when the event changed nothing (a duplicate, a stale reply...).
+    changed: bool = False
+    # Why nothing changed, in words for logs and operators.
+    note: str = ""
+
+
+class PayloadError(Exception):
+    """A step's payload builder raised: a bug in the saga definition."""
+
+
+class Run:
+    """The model a trigger is fired on: the instance plus what callbacks decide."""
+
+    def __init__(self, saga: Saga, inst: SagaInstance, now: float, code: str | None = None) -> None:
+        self.saga = saga
+        self.inst = inst
+        self.now = now
+        # The failure code of the event being applied; None for a timeout.
+        self.code = code
+        self.commands: list[Command] = []
+        self.resume_state: str | None = None
+        self.state: str = inst.state
+
+    def _step(self) -> Step:
+        assert self.inst.step is not None
+        return self.saga.step(self.inst.step)
+
+    def _policy(self) -> Retry:
+        step = self._step()
+        return step.retry if self.inst.action == "do" else step.compensation_retry
+
+    def may_retry(self) -> bool:
+        return self._policy().retries(self.inst.attempt, self.code)
+
+    def send(self, index: int, action: str) -> None:
+        """Enter a step state: the first attempt of its command."""
+        inst = self.inst
+        inst.step = self.saga.steps[index].name
+        inst.action = "do" if action == "do" else "compensate"
+        inst.attempt = 1
+        inst.maybe_applied = False
+        pivot = self.saga.pivot_index
+        if action != "do" or (pivot is not None and index > pivot):
+            inst.deadline = None
+        self._emit()
+
+    def send_again(self) -> None:
+        self.inst.attempt += 1
+        self._emit()
+
+    def _emit(self) -> None:
+        inst = self.inst
+        step = self._step()
+        try:
+            payload = step.build_payload(inst.data)
+        except Exception as exc:
+            raise PayloadError(f"payload of step {step.name!r} could not be built: {exc!r}") from exc
+        command = step.command if inst.action == "do" else step.compensation
+        assert command is not None
+        inst.awaiting = f"{inst.saga_id}:{inst.rev}"
+        inst.waiting = "reply"
+        inst.due_at = self.now + step.timeout
+        self.commands.append(
+            Command(
+                message_id=inst.awaiting,
+                saga_id=inst.saga_id,
+                saga_type=inst.saga_type,
+                step=step.name,
+                action=inst.action,
+                command=command,
+                attempt=inst.attempt,
+                payload=payload,
+                reply_to="",  # the engine knows the reply queue; decide does not
+                deadline=inst.due_at,
+            )
+        )
+
+    def schedule_retry(self) -> None:
+        inst = self.inst
+        # Seeded by the attempt itself, so the jitter is random across sagas
+        # yet decide stays a pure function.
+        spread = random.Random(f"{inst.saga_id}:{inst.step}:{inst.action}:{inst.attempt}").random()
+        delay = self._policy().delay(inst.attempt, spread)
+        if delay <= 0:
+            self.send_again()
+            return
+        inst.awaiting = None
+        inst.waiting = "backoff"
+        inst.due_at = self.now + delay
+
+    def finish(self) -> None:
+        inst = self.inst
+        inst.awaiting = inst.waiting = inst.due_at = inst.deadline = None
+
+
+def new_instance(saga: Saga, saga_id: str) -> SagaInstance:
+    return SagaInstance(saga_id=saga_id, saga_type=saga.name, definition_version=saga.version)
+
+
+def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) -> Decision:
+    """Apply `event` to `instance` (None: the saga does not exist yet) at time `now`."""
+    compiled = saga.compiled
+    if isinstance(event, Start):
+        if instance is not None:
+            return Decision(instance, note="duplicate start: the saga exists already")
+        data = event.data
+        if saga.data is not None:
+            try:
+                data = msgspec.to_builtins(msgspec.convert(data, saga.data))
+            except msgspec.ValidationError as exc:
+                return Decision(None, note=f"data does not fit saga {saga.name!r}: {exc}")
+        instance = new_instance(saga, event.saga_id)
+        instance.data = dict(data)
+        instance.reply_to = event.reply_to
+        instance.created_at = now
+        instance.deadline = now + saga.deadline if saga.deadline else None
+        return _fire(compiled, instance, "start", now)
+    if instance is None:
+        return Decision(None, note="unknown saga")
+    if isinstance(event, Reply):
+        return _apply_reply(compiled, instance, event, now)
+    if isinstance(event, Due):
+        return _apply_due(compiled, instance, now)
+    if isinstance(event, Resume):
+        if instance.status != "stuck":
+            return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
+        return _fire(compiled, instance, "resume", now)
+    if instance.status == "running":
+        return _fire(compiled, instance, "abort", now, detail=event.reason)
+    return Decision(instance, note=f"saga is {instance.status}: nothing to compensate")
+
+
+def _apply_reply(compiled: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
+    if reply.in_reply_to != inst.awaiting or reply.step != inst.step or reply.action != inst.action:
+        why = "duplicate or late" if inst.awaiting is None else f"the saga awaits {inst.awaiting}"
+        return _unchanged(inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: {why}")
+    if reply.outcome == "success":
+        inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data})
+        return _fire(compiled, inst, "succeeded", now)
+    error = reply.error or ErrorInfo("unknown")
+    inst = msgspec.structs.replace(inst, error=error)
+    return _fire(compiled, inst, "failed", now, code=error.code, detail=f"{error.code}: {error.message}")
+
+
+def _apply_due(compiled: CompiledSaga, inst: SagaInstance, now: float) -> Decision:
+    if inst.status in TERMINAL:
+        return Decision(inst, note=f"saga is {inst.status}")
+    if inst.deadline is not None and now >= inst.deadline and inst.status == "running":
+        error = ErrorInfo("expired", f"saga deadline passed at step {inst.step!r}")
+        inst = msgspec.structs.replace(inst, error=error)
+        return _fire(compiled, inst, "expired", now, detail=error.message)
+    if inst.due_at is None or now < inst.due_at:
+        return Decision(inst, note="nothing is due yet")
+    if inst.waiting == "backoff":
+        return _fire(compiled, inst, "resend", now)
+    step = compiled.saga.step(inst.step or "")
+    error = ErrorInfo("timeout", f"no reply to attempt {inst.attempt} within {step.timeout:g}s")
+    inst = msgspec.structs.replace(inst, error=error, maybe_applied=inst.maybe_applied or inst.action == "do")
+    return _fire(compiled, inst, "timed_out", now, detail=error.message)
+
+
+def _unchanged(inst: SagaInstance, now: float, event: str, detail: str) -> Decision:
+    entry = HistoryEntry(
+        at=now,
+        event=event,
+        source=inst.state,
+        dest=inst.state,
+        step=inst.step,
+        action=inst.action,
+        attempt=inst.attempt,
+        detail=detail,
+    )
+    return Decision(inst, history=[entry], note=detail)
+
+
+def _fire(
+    compiled: CompiledSaga, old: SagaInstance, trigger: str, now: float, code: str | None = None, detail: str = ""
+) -> Decision:
+    inst = msgspec.structs.replace(old, rev=old.rev + 1, updated_at=now)
+    run = Run(compiled.saga, inst, now, code)
+    if trigger == "resume":
+        assert inst.step is not None
+        run.resume_state = compiled.state_for(compiled.saga.index(inst.step), inst.action)
+    machine = compiled.machine
+    machine.add_model(run, initial=old.state)
+    try:
+        fired = run.trigger(trigger)  # type: ignore[attr-defined]
+    except MachineError:
+        return Decision(old, note=f"{trigger!r} does not apply in state {old.state!r}")
+    except PayloadError as exc:
+        inst.error = ErrorInfo("payload_error", str(exc))
+        detail = str(exc)
+        trigger = "fault"
+        run.commands.clear()
+        run.trigger("fault")  # type: ignore[attr-defined]
+        fired = True
+    finally:
+        machine.remove_model(run)
+    if not fired:
+        return Decision(old, note=f"no transition for {trigger!r} in state {old.state!r}")
+    inst.state = run.state
+    inst.status = compiled.status_of[run.state]
+    entry = HistoryEntry(
+        at=now,
+        event=trigger,
+        source=old.state,
+        dest=inst.state,
+        step=inst.step,
+        action=inst.action,
+        attempt=inst.attempt,
+        detail=detail,
+    )
+    events = []
+    if inst.status != old.status:
+        status = "running" if inst.status == "new" else inst.status
+        error = inst.error if inst.status in ("stuck", "compensating", "compensated") else None
+        events.append(
+            SagaEvent(
+                saga_id=inst.saga_id,
+                saga_type=inst.saga_type,
+                status=status,
+                state=inst.state,
+                at=now,
+                data=inst.data if inst.status in TERMINAL else {},
+                step=inst.step,
+                error=error,
+            )
+        )
+    return Decision(inst, commands=run.commands, events=events, history=[entry], changed=True)

@@ -1,0 +1,215 @@
+"""Test a saga definition without a broker: the same decide(), a virtual clock.
+
+    from statemachines.harness import SagaHarness
+
+    def test_declined_card_releases_stock():
+        harness = SagaHarness(order)
+        run = harness.start("order", ORDER_DATA)
+        run.succeed({"reservation_id": "r-1"})        # reserve_inventory
+        run.fail("card_declined")                      # charge_payment
+        assert run.sent[-1].command == "release_stock"
+        run.succeed()
+        assert run.status == "compensated"
+
+Nothing here sleeps: `advance(seconds)` moves the clock and fires every
+timeout and retry that falls due on the way, in time order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from statemachines.decide import Abort, Decision, Due, Event, Resume, Start, decide
+from statemachines.dsl import Saga
+from statemachines.instance import HistoryEntry, SagaInstance
+from statemachines.messages import TERMINAL, Command, ErrorInfo, Reply, SagaEvent
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A command the saga sent, and the participant it went to."""
+
+    participant: str
+    message: Command
+
+    @property
+    def command(self) -> str:
+        return self.message.command
+
+    @property
+    def step(self) -> str:
+        return self.message.step
+
+    @property
+    def action(self) -> str:
+        return self.message.action
+
+    @property
+    def attempt(self) -> int:
+        return self.message.attempt
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.message.payload
+
+
+class SagaRun:
+    """One saga in the harness: feed it replies, read what it did."""
+
+    def __init__(self, harness: SagaHarness, saga: Saga, saga_id: str) -> None:
+        self.harness = harness
+        self.saga = saga
+        self.saga_id = saga_id
+        self.instance: SagaInstance | None = None
+        self.sent: list[Sent] = []
+        self.events: list[SagaEvent] = []
+        self.history: list[HistoryEntry] = []
+        self._replies = itertools.count(1)
+
+    # what it is
+    @property
+    def state(self) -> str:
+        return self._instance.state
+
+    @property
+    def status(self) -> str:
+        return self._instance.status
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._instance.data
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        return self._instance.error
+
+    @property
+    def states(self) -> list[str]:
+        """Every state the saga entered, in order, starting with `new`."""
+        return ["new"] + [h.dest for h in self.history if h.dest != h.source]
+
+    @property
+    def awaiting(self) -> Sent | None:
+        """The command whose reply the saga waits for, if any."""
+        for sent in reversed(self.sent):
+            if sent.message.message_id == self._instance.awaiting:
+                return sent
+        return None
+
+    @property
+    def done(self) -> bool:
+        return self._instance.status in TERMINAL
+
+    @property
+    def _instance(self) -> SagaInstance:
+        if self.instance is None:
+            raise AssertionError(f"saga {self.saga_id!r} was not started")
+        return self.instance
+
+    # what to do to it
+    def succeed(self, data: Mapping[str, Any] | None = None) -> Decision:
+        """Answer the awaited command with success, merging `data` into the saga."""
+        return self.deliver(self.reply("success", data=data))
+
+    def fail(self, code: str, message: str = "") -> Decision:
+        """Answer the awaited command with a failure carrying `code`."""
+        return self.deliver(self.reply("failure", error=ErrorInfo(code, message)))
+
+    def reply(
+        self,
+        outcome: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        error: ErrorInfo | None = None,
+        to: Sent | None = None,
+    ) -> Reply:
+        """Build a reply to `to` (default: the awaited command) without delivering it."""
+        target = to or self.awaiting
+        if target is None:
+            inst = self._instance
+            raise AssertionError(
+                f"saga {self.saga_id!r} awaits no reply (state {inst.state!r}, waiting {inst.waiting!r}); "
+                "advance the clock or pass to=run.sent[i]"
+            )
+        return Reply(
+            message_id=f"{target.message.message_id}/reply-{next(self._replies)}",
+            in_reply_to=target.message.message_id,
+            saga_id=self.saga_id,
+            step=target.step,
+            action=target.message.action,
+            outcome="success" if outcome == "success" else "failure",
+            data=dict(data or {}),
+            error=error if outcome != "success" else None,
+            participant=target.participant,
+        )
+
+    def deliver(self, reply: Reply) -> Decision:
+        """Deliver any reply, as the broker would: duplicates and late ones too."""
+        return self.harness._apply(self, reply)
+
+    def abort(self, reason: str = "compensation forced by a test") -> Decision:
+        return self.harness._apply(self, Abort(reason))
+
+    def resume(self) -> Decision:
+        return self.harness._apply(self, Resume())
+
+    def __repr__(self) -> str:
+        state = self.instance.state if self.instance else "not started"
+        return f"<SagaRun {self.saga.name} {self.saga_id} {state}>"
+
+
+class SagaHarness:
+    """Runs sagas through decide() on a virtual clock that starts at `start_time`."""
+
+    def __init__(self, *sagas: Saga, start_time: float = 0.0) -> None:
+        if not sagas:
+            raise ValueError("SagaHarness needs at least one saga")
+        self.sagas = {saga.name: saga for saga in sagas}
+        self.now = start_time
+        self.runs: dict[str, SagaRun] = {}
+        self._ids = itertools.count(1)
+
+    def start(
+        self, saga_type: str | None = None, data: Mapping[str, Any] | None = None, *, saga_id: str | None = None
+    ) -> SagaRun:
+        """Start a saga; with one saga in the harness its type may be left out."""
+        if saga_type is None:
+            if len(self.sagas) != 1:
+                raise ValueError(f"name the saga type, one of {sorted(self.sagas)}")
+            saga_type = next(iter(self.sagas))
+        saga = self.sagas[saga_type]
+        saga_id = saga_id or f"{saga_type}-{next(self._ids)}"
+        run = self.runs.get(saga_id) or SagaRun(self, saga, saga_id)
+        decision = self._apply(run, Start(saga_id=saga_id, data=dict(data or {})))
+        if decision.instance is None:
+            raise ValueError(decision.note)
+        self.runs[saga_id] = run
+        return run
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward, firing what falls due on the way, in time order."""
+        until = self.now + seconds
+        while True:
+            due = [
+                (run.instance.wake_at, run.saga_id)
+                for run in self.runs.values()
+                if run.instance is not None and run.instance.wake_at is not None and run.instance.wake_at <= until
+            ]
+            if not due:
+                break
+            at, saga_id = min(due)
+            self.now = max(self.now, at)
+            self._apply(self.runs[saga_id], Due())
+        self.now = until
+
+    def _apply(self, run: SagaRun, event: Event) -> Decision:
+        decision = decide(run.saga, run.instance, event, self.now)
+        if decision.instance is not None:
+            run.instance = decision.instance
+        run.history.extend(decision.history)
+        run.events.extend(decision.events)
+        run.sent.extend(Sent(run.saga.step(c.step).participant, c) for c in decision.commands)
+        return decision

@@ -1,0 +1,57 @@
+"""What is stored of one running saga, and one line of its history."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from statemachines.messages import Action, ErrorInfo, Status
+
+Waiting = Literal["reply", "backoff"]
+
+
+class SagaInstance(msgspec.Struct, kw_only=True):
+    saga_id: str
+    saga_type: str
+    definition_version: int
+    state: str = "new"
+    status: Status = "new"
+    # Bumped by every transition; the store writes only over the rev it read.
+    rev: int = 0
+    data: dict[str, Any] = {}
+    step: str | None = None
+    action: Action = "do"
+    attempt: int = 0
+    # message_id of the command whose reply the saga waits for; any other
+    # reply is a duplicate, stale or late, and changes nothing.
+    awaiting: str | None = None
+    waiting: Waiting | None = None
+    # When the awaited reply times out, or the backoff before a resend ends.
+    due_at: float | None = None
+    # An attempt of the current step timed out, so its action may have
+    # happened anyway: the step is compensated if the saga compensates.
+    maybe_applied: bool = False
+    # Whole-saga deadline, until the pivot succeeds.
+    deadline: float | None = None
+    error: ErrorInfo | None = None
+    reply_to: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def wake_at(self) -> float | None:
+        """The earliest time the saga needs a `Due` event, if any."""
+        times = [t for t in (self.due_at, self.deadline) if t is not None]
+        return min(times) if times else None
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    at: float
+    event: str
+    source: str
+    dest: str
+    step: str | None = None
+    action: Action | None = None
+    attempt: int = 0
+    detail: str = ""

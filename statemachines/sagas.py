@@ -1,0 +1,111 @@
+"""The sagas that ship with the project: an order and a trip booking.
+
+The orchestrator runs these when `--sagas` is not given; the example
+participants in `participants.examples` answer their commands.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from statemachines.dsl import Retry, Saga, Step
+
+
+class Item(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+class OrderData(msgspec.Struct):
+    order_id: str
+    customer_id: str
+    items: list[Item]
+    amount: int
+    # Step names whose participant should fail, so that every path can be
+    # reached by hand; see participants.examples.
+    fail_at: list[str] = []
+
+
+class TripData(msgspec.Struct):
+    trip_id: str
+    customer_id: str
+    destination: str
+    nights: int = 1
+    fail_at: list[str] = []
+
+
+# Business refusals (out of stock, card declined) are final; only a
+# participant being briefly unable to answer is worth another attempt.
+TRANSIENT = ("unavailable",)
+
+order = Saga(
+    "order",
+    version=1,
+    data=OrderData,
+    steps=[
+        Step(
+            "reserve_inventory",
+            participant="inventory",
+            command="reserve_stock",
+            compensation="release_stock",
+            payload=("order_id", "items", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+        Step(
+            "charge_payment",
+            participant="payment",
+            command="charge",
+            compensation="refund",
+            payload=("order_id", "customer_id", "amount", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+        Step(
+            "create_shipment",
+            participant="shipping",
+            command="create_shipment",
+            payload=("order_id", "customer_id", "items", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+            pivot=True,
+        ),
+    ],
+)
+
+trip = Saga(
+    "trip",
+    version=1,
+    data=TripData,
+    steps=[
+        Step(
+            "book_flight",
+            participant="flight",
+            command="book_flight",
+            compensation="cancel_flight",
+            payload=("trip_id", "customer_id", "destination", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+        Step(
+            "book_hotel",
+            participant="hotel",
+            command="book_hotel",
+            compensation="cancel_hotel",
+            payload=("trip_id", "customer_id", "destination", "nights", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+        Step(
+            "rent_car",
+            participant="car",
+            command="rent_car",
+            compensation="return_car",
+            payload=("trip_id", "customer_id", "destination", "nights", "fail_at"),
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+    ],
+)
+
+SAGAS = [order, trip]
