@@ -90,7 +90,10 @@ class Run:
         inst.step = self.saga.steps[index].name
         inst.action = "do" if action == "do" else "compensate"
         inst.attempt = 1
-        inst.maybe_applied = False
+        # Resuming a stuck step keeps what is known of its earlier attempts:
+        # one that timed out may still have happened.
+        if self.resume_state is None:
+            inst.maybe_applied = False
         pivot = self.saga.pivot_index
         if action != "do" or (pivot is not None and index > pivot):
             inst.deadline = None
@@ -178,7 +181,11 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
             return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
         return _fire(compiled, instance, "resume", now)
     if instance.status == "running":
-        return _fire(compiled, instance, "abort", now, detail=event.reason)
+        # The reason travels with the compensating/compensated events, like a
+        # failure's error does; a refused abort leaves the instance as it was.
+        aborted = msgspec.structs.replace(instance, error=ErrorInfo("aborted", event.reason))
+        decision = _fire(compiled, aborted, "abort", now, detail=event.reason)
+        return decision if decision.changed else Decision(instance, note=decision.note)
     return Decision(instance, note=f"saga is {instance.status}: nothing to compensate")
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
     from statemachines.compiler import CompiledSaga
 
@@ -23,6 +25,26 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_NAMES = frozenset({"new", "completed", "compensated", "stuck"})
 
 
+def _real(value: Any) -> bool:
+    """A number that can be compared: not a bool, a string or NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _positive(value: Any) -> bool:
+    return _real(value) and value > 0
+
+
+def _object_type(kind: Any) -> bool:
+    """Whether saga data converted to `kind` comes back as a JSON object."""
+    try:
+        info = msgspec.inspect.type_info(kind)
+    except TypeError:
+        return False
+    if isinstance(info, msgspec.inspect.StructType):
+        return not info.array_like
+    return isinstance(info, (msgspec.inspect.DictType, msgspec.inspect.TypedDictType, msgspec.inspect.DataclassType))
+
+
 class SagaDefinitionError(ValueError):
     """A saga declaration is invalid; the message names saga, step and problem."""
 
@@ -30,7 +52,7 @@ class SagaDefinitionError(ValueError):
         self.saga = saga
         self.step = step
         self.problem = problem
-        where = f"saga {saga!r}" + (f", step {step!r}" if step else "")
+        where = f"saga {saga!r}" + (f", step {step!r}" if step is not None else "")
         super().__init__(f"{where}: {problem}")
 
 
@@ -60,19 +82,34 @@ class Retry:
         self.multiplier = multiplier
         self.max_backoff = max_backoff
         self.jitter = jitter
-        self.retry_on = None if retry_on is None else frozenset(retry_on)
+        # A string is iterable too: retry_on="unavailable" would silently
+        # mean the codes "u", "n", "a"... so anything but a collection of
+        # codes is kept aside and reported when the saga is declared.
+        self.retry_on: frozenset[str] | None = None
+        self._bad_retry_on: Any = None
+        if retry_on is not None:
+            codes = (
+                list(retry_on) if isinstance(retry_on, Iterable) and not isinstance(retry_on, (str, bytes)) else None
+            )
+            if codes is not None and all(isinstance(code, str) and code for code in codes):
+                self.retry_on = frozenset(codes)
+            else:
+                self._bad_retry_on = retry_on
         self.unknown = unknown
 
     def problems(self) -> list[str]:
         found = [f"unknown retry option {name!r}" for name in sorted(self.unknown)]
-        if not isinstance(self.attempts, int) or self.attempts < 1:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
             found.append(f"retry attempts must be an integer of at least 1, got {self.attempts!r}")
-        if self.backoff < 0 or self.max_backoff < 0:
-            found.append("retry backoff and max_backoff must not be negative")
-        if self.multiplier < 1:
-            found.append(f"retry multiplier must be at least 1, got {self.multiplier!r}")
-        if not 0 <= self.jitter <= 1:
-            found.append(f"retry jitter must be between 0 and 1, got {self.jitter!r}")
+        for label, value in (("backoff", self.backoff), ("max_backoff", self.max_backoff)):
+            if not _real(value) or value < 0:
+                found.append(f"retry {label} must be a number of seconds, not negative, got {value!r}")
+        if not _real(self.multiplier) or self.multiplier < 1:
+            found.append(f"retry multiplier must be a number of at least 1, got {self.multiplier!r}")
+        if not _real(self.jitter) or not 0 <= self.jitter <= 1:
+            found.append(f"retry jitter must be a number between 0 and 1, got {self.jitter!r}")
+        if self._bad_retry_on is not None:
+            found.append(f"retry_on must be a list of error codes, got {self._bad_retry_on!r}")
         return found
 
     def retries(self, attempt: int, code: str | None) -> bool:
@@ -146,12 +183,16 @@ class Step:
                 found.append(f"{field} must be a non-empty string, got {value!r}")
         if self.compensation is not None and (not isinstance(self.compensation, str) or not self.compensation):
             found.append(f"compensation must be a non-empty string or None, got {self.compensation!r}")
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
+        if not _positive(self.timeout):
             found.append(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if (
             self.payload is not None
             and not callable(self.payload)
-            and (isinstance(self.payload, str) or not all(isinstance(k, str) for k in self.payload))
+            and (
+                isinstance(self.payload, str)
+                or not isinstance(self.payload, Iterable)
+                or not all(isinstance(k, str) for k in self.payload)
+            )
         ):
             found.append("payload must be a callable or a list of data keys")
         for label, policy in (("retry", self.retry), ("compensation_retry", self.compensation_retry)):
@@ -196,16 +237,16 @@ class Saga:
         def fail(problem: str, step: str | None = None) -> SagaDefinitionError:
             return SagaDefinitionError(name, step, problem)
 
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise fail("a saga name is lower_snake_case letters, digits and underscores")
         if unknown:
             raise fail(f"unknown option {sorted(unknown)[0]!r}")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
             raise fail(f"version must be a positive integer, got {self.version!r}")
-        if self.deadline is not None and (
-            isinstance(self.deadline, bool) or not isinstance(self.deadline, (int, float)) or self.deadline <= 0
-        ):
+        if self.deadline is not None and not _positive(self.deadline):
             raise fail(f"deadline must be a positive number of seconds, got {self.deadline!r}")
+        if self.data is not None and not _object_type(self.data):
+            raise fail(f"data must be a type msgspec converts a JSON object to (a Struct, say), got {self.data!r}")
         if not self.steps:
             raise fail("a saga needs at least one step")
         seen: set[str] = set()
@@ -214,7 +255,7 @@ class Saga:
             if not isinstance(step, Step):
                 raise fail(f"steps must be Step objects, got {step!r}")
             label = step.name if isinstance(step.name, str) else repr(step.name)
-            if not isinstance(step.name, str) or not _NAME.match(step.name):
+            if not isinstance(step.name, str) or not _NAME.fullmatch(step.name):
                 raise fail("a step name is lower_snake_case letters, digits and underscores", label)
             if step.name in RESERVED_NAMES or step.name.startswith("compensating_"):
                 raise fail("this name is taken by a state the compiler makes", label)

@@ -180,6 +180,8 @@ class SagaHarness:
             if len(self.sagas) != 1:
                 raise ValueError(f"name the saga type, one of {sorted(self.sagas)}")
             saga_type = next(iter(self.sagas))
+        if saga_type not in self.sagas:
+            raise ValueError(f"unknown saga type {saga_type!r}, one of {sorted(self.sagas)}")
         saga = self.sagas[saga_type]
         saga_id = saga_id or f"{saga_type}-{next(self._ids)}"
         run = self.runs.get(saga_id) or SagaRun(self, saga, saga_id)
@@ -191,6 +193,8 @@ class SagaHarness:
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward, firing what falls due on the way, in time order."""
+        if not seconds >= 0:
+            raise ValueError(f"the clock only moves forward: advance({seconds!r})")
         until = self.now + seconds
         while True:
             due = [

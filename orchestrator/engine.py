@@ -1,0 +1,196 @@
+"""The path of one event: load, decide, commit, publish, clear the outbox.
+
+Everything with I/O that happens to a saga goes through `Engine.apply`, be
+the event a start, a reply, a due deadline or an operator's command; the
+service, the CLI and the timer loop all call it. A crash between any two of
+its steps loses nothing: the commit is atomic, the outbox is re-published by
+`sweep`, and replies are redelivered until acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from orchestrator.registry import Registry
+from orchestrator.store import RedisStore
+from participants.amqp import Broker, Envelope, pack, unpack
+from statemachines.decide import Decision, Due, Event, decide
+from statemachines.dsl import Saga
+from statemachines.instance import SagaInstance
+from statemachines.messages import TERMINAL, encode
+from statemachines.names import Names
+
+log = logging.getLogger("saga.engine")
+CONFLICT_RETRIES = 20
+
+
+class KeyedLocks:
+    """One asyncio lock per saga id, kept only while someone holds or waits on it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: RedisStore,
+        broker: Broker,
+        registry: Registry,
+        names: Names,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry
+        self.names = names
+        self.clock = clock
+        self.stats: Counter[str] = Counter()
+        self._locks = KeyedLocks()
+        self._confirmed: list[tuple[str, int]] = []
+        self._confirmed_ready = asyncio.Event()
+
+    def definition(self, inst: SagaInstance) -> Saga:
+        return self.registry.get(inst.saga_type, inst.definition_version)
+
+    async def apply(self, saga_id: str, event: Event, saga: Saga | None = None) -> Decision:
+        """Apply one event to one saga, exactly once however many processes race."""
+        async with self._locks.hold(saga_id):
+            conflicted = False
+            for _ in range(CONFLICT_RETRIES):
+                inst = await self.store.load(saga_id)
+                if inst is None and saga is None:
+                    return Decision(None, note=f"unknown saga {saga_id!r}")
+                definition = self.definition(inst) if inst is not None else saga
+                assert definition is not None
+                decision = decide(definition, inst, event, self.clock())
+                if not decision.changed:
+                    await self.store.record(saga_id, decision.history)
+                    if conflicted:
+                        # Our hint may have landed after the winner's: restore the truth.
+                        await self.store.hint(saga_id, inst.wake_at if inst else None)
+                    self.stats["unchanged"] += 1
+                    return decision
+                new = decision.instance
+                assert new is not None
+                envelopes = self.envelopes(definition, decision)
+                outbox = pack(envelopes) if envelopes else None
+                if await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox):
+                    self.stats["transitions"] += 1
+                    if envelopes:
+                        await self.deliver(saga_id, new.rev, envelopes)
+                    return decision
+                conflicted = True
+                self.stats["conflicts"] += 1
+            raise RuntimeError(f"saga {saga_id}: gave up after {CONFLICT_RETRIES} write conflicts")
+
+    def envelopes(self, saga: Saga, decision: Decision) -> list[Envelope]:
+        names = self.names
+        inst = decision.instance
+        assert inst is not None
+        out = []
+        for command in decision.commands:
+            command.reply_to = names.reply_queue
+            out.append(
+                Envelope(
+                    exchange=names.commands_exchange,
+                    routing_key=saga.step(command.step).participant,
+                    body=encode(command),
+                    message_id=command.message_id,
+                    correlation_id=command.saga_id,
+                    kind="Command",
+                    reply_to=names.reply_queue,
+                )
+            )
+        for event in decision.events:
+            body = encode(event)
+            message_id = f"{inst.saga_id}:{inst.rev}:{event.status}"
+            key = names.event_key(event.saga_type, event.saga_id, event.status)
+            out.append(Envelope(names.events_exchange, key, body, message_id, inst.saga_id, "SagaEvent"))
+            if event.status in TERMINAL and inst.reply_to:
+                out.append(Envelope("", inst.reply_to, body, message_id, inst.saga_id, "SagaEvent"))
+        return out
+
+    async def deliver(self, saga_id: str, rev: int, envelopes: list[Envelope]) -> None:
+        """Publish with confirms, then let the outbox go; on failure the sweep retries."""
+        try:
+            await self.broker.publish(envelopes)
+        except Exception as exc:
+            self.stats["publish_failures"] += 1
+            log.warning("saga %s: publish failed (%r); the outbox sweep will retry", saga_id, exc)
+            return
+        self._confirmed.append((saga_id, rev))
+        self._confirmed_ready.set()
+
+    async def clear_confirmed(self) -> None:
+        """Forget confirmed outboxes in batches: one round trip for many replies."""
+        while True:
+            await self._confirmed_ready.wait()
+            self._confirmed_ready.clear()
+            batch, self._confirmed = self._confirmed, []
+            try:
+                await self.store.clear_outboxes(batch)
+            except Exception as exc:  # Redis away: keep them, a left-over outbox is only re-sent
+                log.warning("clearing %d outboxes failed (%r); will retry", len(batch), exc)
+                self._confirmed[:0] = batch
+                await asyncio.sleep(0.5)
+                self._confirmed_ready.set()
+
+    async def close(self) -> None:
+        """Forget the outboxes confirmed so far (best effort), then close Redis."""
+        with contextlib.suppress(Exception):
+            await self.store.clear_outboxes(self._confirmed)
+        await self.store.redis.aclose()
+
+    async def fire_due(self, lease: float, limit: int) -> int:
+        """Apply `Due` to every saga whose deadline has passed; returns how many were claimed."""
+        claimed = await self.store.claim_due(self.clock(), lease, limit)
+        if claimed:
+            await asyncio.gather(*(self._fire(saga_id, score) for saga_id, score in claimed))
+        return len(claimed)
+
+    async def _fire(self, saga_id: str, lease: int) -> None:
+        try:
+            decision = await self.apply(saga_id, Due())
+        except Exception as exc:
+            # The lease runs out and the deadline fires again; a bug shows in the log, not a lost timer.
+            log.error("saga %s: firing its deadline failed: %r", saga_id, exc)
+            return
+        if decision.changed:
+            self.stats["deadlines_fired"] += 1
+        else:
+            inst = decision.instance
+            await self.store.settle(saga_id, lease, inst.wake_at if inst else None)
+
+    async def sweep(self, grace: float) -> int:
+        """Re-publish outboxes older than `grace` seconds that no broker confirmed."""
+        count = 0
+        async for saga_id, rev, raw in self.store.pending_outboxes(self.clock() - grace):
+            async with self._locks.hold(saga_id):
+                await self.broker.publish(unpack(raw))
+                await self.store.clear_outboxes([(saga_id, rev)])
+            count += 1
+        if count:
+            self.stats["outboxes_swept"] += count
+            log.info("re-published %d outboxes left behind", count)
+        return count

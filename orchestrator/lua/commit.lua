@@ -1,0 +1,28 @@
+-- Write one saga transition, if nobody has written the saga since we read it.
+-- KEYS: saga hash, history list, outbox hash
+-- ARGV: expected rev ('0': the saga must not exist), new rev, doc, status,
+--       state, saga type, updated_at, outbox messages ('' for none),
+--       retention seconds (0: keep), history cap, history entries...
+if (redis.call('HGET', KEYS[1], 'rev') or '0') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'doc', ARGV[3], 'status', ARGV[4],
+           'state', ARGV[5], 'type', ARGV[6], 'updated_at', ARGV[7])
+-- The outbox holds the messages of the newest transition only: a newer
+-- transition means the saga has moved past whatever an older one sent.
+if ARGV[8] == '' then
+  redis.call('DEL', KEYS[3])
+else
+  redis.call('HSET', KEYS[3], 'rev', ARGV[2], 'at', ARGV[7], 'messages', ARGV[8])
+end
+if #ARGV > 10 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 11))
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[10]), -1)
+end
+local retention = tonumber(ARGV[9])
+if retention > 0 then
+  for _, key in ipairs(KEYS) do
+    redis.call('EXPIRE', key, retention)
+  end
+end
+return 1

@@ -1,0 +1,155 @@
+"""The orchestrator process: consumers, the deadline loop, the outbox sweep.
+
+It consumes `<ns>.start` and the shared `<ns>.replies` with manual ack, so
+any number of orchestrator processes can run side by side. On SIGTERM or
+SIGINT it stops taking deliveries, finishes those in flight, and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import uuid
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from orchestrator.config import Settings
+from orchestrator.engine import Engine
+from orchestrator.registry import Registry, UnknownSaga
+from orchestrator.store import RedisStore
+from participants.amqp import Broker, Rejected
+from participants.connections import connect_redis
+from statemachines.decide import Start
+from statemachines.messages import Reply, StartSaga, decode
+
+log = logging.getLogger("saga.orchestrator")
+
+
+@dataclass
+class Tuning:
+    prefetch: int = 256
+    # How often the deadline index is polled, and for how long a claim holds.
+    tick: float = 0.05
+    lease: float = 30.0
+    claim_limit: int = 512
+    # An outbox unconfirmed for this long is re-published by the sweep.
+    sweep_every: float = 5.0
+    sweep_grace: float = 5.0
+    drain_timeout: float = 30.0
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, registry: Registry, tuning: Tuning | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.tuning = tuning or Tuning()
+        self.names = settings.names
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.engine: Engine | None = None
+        self.broker: Broker | None = None
+
+    async def start(self) -> None:
+        names = self.names
+        redis = await connect_redis(self.settings.redis_url)
+        store = RedisStore(redis, names, self.settings.retention_seconds)
+        await store.connect()
+        try:
+            self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
+        except Exception:
+            await redis.aclose()
+            raise
+        await broker.declare_queue(names.start_queue)
+        await broker.declare_queue(names.reply_queue)
+        for participant in sorted(self.registry.participants):
+            await broker.declare_participant(participant)
+        self.engine = Engine(store, broker, self.registry, names)
+        self._tasks = [
+            asyncio.create_task(self.engine.clear_confirmed(), name="clear-outboxes"),
+            asyncio.create_task(self._deadlines(), name="deadlines"),
+            asyncio.create_task(self._sweeps(), name="sweeps"),
+        ]
+        broker.on_dead_letter = lambda queue, _: store.count(f"dead_letters:{queue}")
+        await broker.consume(names.start_queue, self._on_start, self.tuning.prefetch)
+        await broker.consume(names.reply_queue, self._on_reply, self.tuning.prefetch)
+        log.info(
+            "orchestrator up: namespace %r, sagas %s", names.namespace, sorted({s.name for s in self.registry.sagas})
+        )
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        """Stop taking deliveries, finish those in flight, then close connections."""
+        self._stopping.set()
+        if self.broker is not None:
+            await self.broker.stop_consuming(self.tuning.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.engine is not None:
+            await self.engine.close()
+        if self.broker is not None:
+            await self.broker.close()
+        log.info("orchestrator stopped")
+
+    async def _on_start(self, message: AbstractIncomingMessage) -> None:
+        assert self.engine is not None
+        start = decode(StartSaga, message.body)
+        try:
+            saga = self.registry.latest(start.saga_type)
+        except UnknownSaga as exc:
+            raise Rejected(str(exc)) from None
+        # Without an id of its own, a redelivered start must still be the same saga.
+        saga_id = start.saga_id or message.message_id or str(uuid.uuid4())
+        event = Start(saga_id=saga_id, data=start.data, reply_to=start.reply_to)
+        decision = await self.engine.apply(saga_id, event, saga)
+        if decision.instance is None:
+            raise Rejected(decision.note)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        assert self.engine is not None
+        reply = decode(Reply, message.body)
+        try:
+            decision = await self.engine.apply(reply.saga_id, reply)
+        except UnknownSaga as exc:
+            raise Rejected(str(exc)) from None
+        if decision.instance is None:
+            raise Rejected(f"reply {reply.message_id} is for an unknown saga {reply.saga_id!r}")
+
+    async def _deadlines(self) -> None:
+        assert self.engine is not None
+        tuning = self.tuning
+        while not self._stopping.is_set():
+            try:
+                claimed = await self.engine.fire_due(tuning.lease, tuning.claim_limit)
+            except Exception as exc:
+                log.warning("deadline loop: %r", exc)
+                claimed = 0
+            if claimed < tuning.claim_limit:
+                await asyncio.sleep(tuning.tick)
+
+    async def _sweeps(self) -> None:
+        assert self.engine is not None
+        while not self._stopping.is_set():
+            try:
+                await self.engine.sweep(self.tuning.sweep_grace)
+            except Exception as exc:
+                log.warning("outbox sweep: %r", exc)
+            await asyncio.sleep(self.tuning.sweep_every)

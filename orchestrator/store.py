@@ -1,0 +1,160 @@
+"""The Redis store: saga hashes, their history, the outbox and the deadline index.
+
+Layout (see `statemachines.names`): per saga a hash `<ns>:saga:{id}`, a list
+`<ns>:history:{id}` and, while messages await broker confirmation, a hash
+`<ns>:outbox:{id}`. The braces are a Redis Cluster hash tag, so the commit
+script touches one slot. The deadline index (`<ns>:deadlines:<shard>`,
+scores in ms) lives in other slots, so it is a hint: it is written before
+the commit and checked against the saga itself when it fires, which makes a
+stale or spurious hint harmless and a missing one impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from participants.scripts import Scripts
+from statemachines.instance import HistoryEntry, SagaInstance
+from statemachines.messages import FINAL
+from statemachines.names import DEADLINE_SHARDS, Names
+
+HISTORY_CAP = 200
+_instance = msgspec.json.Decoder(SagaInstance)
+_history = msgspec.json.Decoder(HistoryEntry)
+_json = msgspec.json.Encoder()
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class RedisStore:
+    def __init__(self, redis: Redis, names: Names, retention_seconds: int = 7 * 24 * 3600) -> None:
+        self.redis = redis
+        self.names = names
+        self.retention = retention_seconds
+        self.scripts = Scripts(Path(__file__).parent / "lua")
+
+    async def connect(self) -> None:
+        """Check that Redis answers and load the scripts."""
+        await self.scripts.load(self.redis)
+
+    async def load(self, saga_id: str) -> SagaInstance | None:
+        doc = await self.redis.hget(self.names.saga_key(saga_id), "doc")
+        return None if doc is None else _instance.decode(doc)
+
+    async def commit(
+        self, expected_rev: int, inst: SagaInstance, history: Sequence[HistoryEntry], outbox: bytes | None
+    ) -> bool:
+        """Write `inst` if the stored rev is still `expected_rev`; False on a conflict."""
+        names = self.names
+        saga_id = inst.saga_id
+        retention = self.retention if inst.status in FINAL else 0
+        args = [
+            expected_rev, inst.rev, _json.encode(inst), inst.status, inst.state, inst.saga_type,
+            inst.updated_at, outbox or b"", retention, HISTORY_CAP, *(_json.encode(h) for h in history),
+        ]  # fmt: skip
+        keys = (names.saga_key(saga_id), names.history_key(saga_id), names.outbox_key(saga_id))
+        for loaded_again in (False, True):
+            pipe = self.redis.pipeline(transaction=False)
+            self._hint(pipe, saga_id, inst.wake_at)
+            pipe.evalsha(self.scripts.sha["commit"], len(keys), *keys, *args)
+            _, written = await pipe.execute(raise_on_error=False)
+            if isinstance(written, NoScriptError) and not loaded_again:
+                await self.scripts.load(self.redis)
+                continue
+            if isinstance(written, Exception):
+                raise written
+            return bool(written)
+        raise AssertionError("unreachable")
+
+    def _hint(self, pipe: Any, saga_id: str, wake_at: float | None) -> None:
+        key = self.names.deadline_key(self.names.deadline_shard(saga_id))
+        if wake_at is None:
+            pipe.zrem(key, saga_id)
+        else:
+            pipe.zadd(key, {saga_id: ms(wake_at)})
+
+    async def hint(self, saga_id: str, wake_at: float | None) -> None:
+        """Point the deadline index at the saga's own wake time."""
+        pipe = self.redis.pipeline(transaction=False)
+        self._hint(pipe, saga_id, wake_at)
+        await pipe.execute()
+
+    async def record(self, saga_id: str, history: Sequence[HistoryEntry]) -> None:
+        """Append history without a transition (a reply that changed nothing)."""
+        if not history:
+            return
+        key = self.names.history_key(saga_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, *(_json.encode(h) for h in history))
+        pipe.ltrim(key, -HISTORY_CAP, -1)
+        await pipe.execute()
+
+    async def history(self, saga_id: str) -> list[HistoryEntry]:
+        return [_history.decode(raw) for raw in await self.redis.lrange(self.names.history_key(saga_id), 0, -1)]
+
+    async def clear_outboxes(self, confirmed: Sequence[tuple[str, int]]) -> None:
+        """Forget the outboxes the broker confirmed, in one round trip."""
+        if not confirmed:
+            return
+        sha = self.scripts.sha["clear_outbox"]
+        pipe = self.redis.pipeline(transaction=False)
+        for saga_id, rev in confirmed:
+            pipe.evalsha(sha, 1, self.names.outbox_key(saga_id), rev)
+        results = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self.scripts.load(self.redis)
+            await self.clear_outboxes(confirmed)
+
+    async def pending_outboxes(self, older_than: float) -> AsyncIterator[tuple[str, int, bytes]]:
+        """Outboxes written before `older_than` and never confirmed: (saga id, rev, messages)."""
+        prefix = len(self.names.outbox_key("")) - 1
+        async for key in self.redis.scan_iter(match=self.names.outbox_pattern, count=1000):
+            rev, at, messages = await self.redis.hmget(key, "rev", "at", "messages")
+            if rev is None or at is None or messages is None or float(at) > older_than:
+                continue
+            yield key.decode()[prefix:-1], int(rev), _bytes(messages)
+
+    async def claim_due(self, now: float, lease: float, limit: int) -> list[tuple[str, int]]:
+        """Saga ids due by `now`, leased until now+lease: (saga id, lease score)."""
+        until = ms(now + lease)
+        sha = self.scripts.sha["claim"]
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(DEADLINE_SHARDS):
+            pipe.evalsha(sha, 1, self.names.deadline_key(shard), ms(now), until, limit)
+        try:
+            results = await pipe.execute()
+        except NoScriptError:
+            await self.scripts.load(self.redis)
+            return await self.claim_due(now, lease, limit)
+        return [(_bytes(raw).decode(), until) for due in results for raw in due]
+
+    async def settle(self, saga_id: str, lease: int, wake_at: float | None) -> None:
+        """Put a claimed deadline back at the saga's wake time, unless it moved since."""
+        key = self.names.deadline_key(self.names.deadline_shard(saga_id))
+        await self.scripts.call(self.redis, "settle", [key], [saga_id, lease, "" if wake_at is None else ms(wake_at)])
+
+    async def sagas(self) -> AsyncIterator[SagaInstance]:
+        """Every stored saga, in no particular order (SCAN: fine for operators, not for hot paths)."""
+        async for key in self.redis.scan_iter(match=self.names.saga_pattern, count=1000):
+            doc = await self.redis.hget(key, "doc")
+            if doc is not None:
+                yield _instance.decode(doc)
+
+    async def count(self, counter: str, by: int = 1) -> None:
+        await self.redis.hincrby(self.names.counters_key, counter, by)
+
+    async def counters(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.names.counters_key)
+        return {_bytes(k).decode(): int(v) for k, v in raw.items()}

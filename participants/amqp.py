@@ -1,0 +1,255 @@
+"""The RabbitMQ edge shared by participants, the orchestrator and the client.
+
+Declares the namespaced topology, publishes persistent messages with
+publisher confirms, consumes with manual ack, and dead-letters with a
+reason. The participants SDK owns this module because it must not import
+the orchestrator; the orchestrator is free to import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aio_pika
+import msgspec
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+from aiormq.exceptions import AMQPError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from participants.connections import connect_amqp
+from statemachines.messages import MalformedMessage
+from statemachines.names import DELIVERY_LIMIT, Names
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+REASON = "x-saga-reason"
+MiB = 1024 * 1024
+log = logging.getLogger("saga.amqp")
+# A service being away says nothing about the message: such errors are waited
+# out in place rather than spending the message's delivery budget.
+OUTAGES = (RedisConnectionError, RedisTimeoutError, AMQPError, ConnectionError, asyncio.TimeoutError)
+
+
+class Rejected(Exception):
+    """A message that can never be processed: it is dead-lettered with this reason."""
+
+
+class Envelope(msgspec.Struct, array_like=True):
+    """A message to publish, as it is kept in the outbox until confirmed."""
+
+    exchange: str  # "" is the default exchange: routing_key names a queue
+    routing_key: str
+    body: bytes
+    message_id: str
+    correlation_id: str
+    kind: str
+    reply_to: str | None = None
+
+
+_envelopes = msgspec.msgpack.Decoder(list[Envelope])
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def pack(envelopes: Sequence[Envelope]) -> bytes:
+    return _msgpack.encode(list(envelopes))
+
+
+def unpack(raw: bytes) -> list[Envelope]:
+    return _envelopes.decode(raw)
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How often the broker delivered this message before (quorum queues count)."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
+
+
+class Broker:
+    def __init__(self, connection: AbstractRobustConnection, names: Names, max_message_bytes: int = MiB) -> None:
+        self.connection = connection
+        self.names = names
+        self.max_message_bytes = max_message_bytes
+        # Dead letters by queue, for logs and metrics; the broker keeps the messages.
+        self.dead_letters: Counter[str] = Counter()
+        # Called after each dead letter, e.g. to count it where other processes see it.
+        self.on_dead_letter: Callable[[str, str], Awaitable[None]] | None = None
+        self._publisher: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._consumers: list[tuple[AbstractChannel, AbstractQueue, str]] = []
+        self._stopping = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    async def open(cls, url: str, names: Names, max_message_bytes: int = MiB) -> Broker:
+        broker = cls(await connect_amqp(url), names, max_message_bytes)
+        await broker._declare_exchanges()
+        return broker
+
+    async def _declare_exchanges(self) -> None:
+        names = self.names
+        self._publisher = channel = await self.connection.channel(publisher_confirms=True)
+        self._exchanges[""] = channel.default_exchange
+        for name, kind in (
+            (names.commands_exchange, ExchangeType.DIRECT),
+            (names.events_exchange, ExchangeType.TOPIC),
+            (names.dead_exchange, ExchangeType.TOPIC),
+        ):
+            self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True)
+        dead = await channel.declare_queue(names.dead_queue, durable=True)
+        await dead.bind(names.dead_exchange, "#")
+
+    @property
+    def channel(self) -> AbstractChannel:
+        assert self._publisher is not None
+        return self._publisher
+
+    async def declare_queue(self, name: str, bind_to: tuple[str, str] | None = None) -> AbstractQueue:
+        """A durable quorum work queue, dead-lettered, optionally bound to an exchange."""
+        queue = await self.channel.declare_queue(name, durable=True, arguments=self.names.queue_arguments())
+        if bind_to is not None:
+            await queue.bind(bind_to[0], bind_to[1])
+        return queue
+
+    async def declare_participant(self, participant: str) -> AbstractQueue:
+        return await self.declare_queue(
+            self.names.participant_queue(participant), (self.names.commands_exchange, participant)
+        )
+
+    async def consume(self, queue: str, handle: Handler, prefetch: int) -> None:
+        """Consume `queue` with manual ack, `prefetch` messages in flight at once.
+
+        `handle` returning means ack. It raising `Rejected` or
+        `MalformedMessage`, or the body being over the size limit, means
+        dead-letter with the reason. An outage is retried in place. Any other
+        exception means redeliver, until the delivery limit dead-letters it.
+        """
+        channel = await self.connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        # Declared (not merely looked up) on this channel, so that a robust
+        # reconnect restores the queue and its consumer.
+        declared = await channel.declare_queue(queue, durable=True, arguments=self.names.queue_arguments())
+        tag = await declared.consume(self._guard(queue, handle), no_ack=False)
+        self._consumers.append((channel, declared, tag))
+
+    def _guard(self, queue: str, handle: Handler) -> Handler:
+        async def guarded(message: AbstractIncomingMessage) -> None:
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                await self._process(queue, handle, message)
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
+        return guarded
+
+    async def _process(self, queue: str, handle: Handler, message: AbstractIncomingMessage) -> None:
+        try:
+            if len(message.body) > self.max_message_bytes:
+                raise Rejected(f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}")
+            await self._patiently(handle, message)
+            with contextlib.suppress(Exception):  # a lost channel redelivers; the handler is idempotent
+                await message.ack()
+            return
+        except (Rejected, MalformedMessage) as exc:
+            reason = str(exc)
+        except Exception as exc:
+            if delivery_count(message) + 1 < DELIVERY_LIMIT:
+                log.warning("%s: processing failed, the message will be redelivered: %r", queue, exc)
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                return
+            reason = f"processing failed {DELIVERY_LIMIT} times, the last time with {exc!r}"
+        log.warning("%s: dead-lettering message %s: %s", queue, message.message_id, reason)
+        self.dead_letters[queue] += 1
+        with contextlib.suppress(Exception):
+            await self.dead_letter(message, queue, reason)
+            if self.on_dead_letter is not None:
+                await self.on_dead_letter(queue, reason)
+
+    async def _patiently(self, handle: Handler, message: AbstractIncomingMessage) -> None:
+        delay = 0.1
+        while True:
+            try:
+                return await handle(message)
+            except OUTAGES as exc:
+                if self._stopping:
+                    raise
+                log.warning("a service is away (%r); trying again in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def stop_consuming(self, drain_timeout: float = 30.0) -> None:
+        """Stop new deliveries, finish those in flight, then close the consumer channels.
+
+        Whatever is still unacked when the channels close goes back to its queue.
+        """
+        self._stopping = True
+        consumers, self._consumers = self._consumers, []
+        for _, queue, tag in consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        for channel, _, _ in consumers:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        """Publish persistently and wait for every broker confirmation."""
+        if len(envelopes) == 1:
+            await self._publish(envelopes[0])
+        elif envelopes:
+            await asyncio.gather(*(self._publish(e) for e in envelopes))
+
+    async def _publish(self, envelope: Envelope, headers: dict[str, Any] | None = None) -> None:
+        message = aio_pika.Message(
+            envelope.body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=envelope.message_id,
+            correlation_id=envelope.correlation_id,
+            reply_to=envelope.reply_to,
+            type=envelope.kind,
+            headers=headers,
+        )
+        await self._exchange(envelope.exchange).publish(message, envelope.routing_key, mandatory=False)
+
+    def _exchange(self, name: str) -> AbstractExchange:
+        try:
+            return self._exchanges[name]
+        except KeyError:
+            raise ValueError(f"exchange {name!r} was not declared by this broker") from None
+
+    async def dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
+        """Move `message` to the dead-letter queue with `reason`, then ack it."""
+        envelope = Envelope(
+            exchange=self.names.dead_exchange,
+            routing_key=queue,
+            body=message.body,
+            message_id=message.message_id or "",
+            correlation_id=message.correlation_id or "",
+            kind=message.type or "",
+        )
+        headers = {REASON: reason[:1000], "x-saga-queue": queue, "x-saga-deliveries": delivery_count(message) + 1}
+        await self._publish(envelope, headers)
+        await message.ack()
+
+    async def close(self) -> None:
+        await self.stop_consuming(drain_timeout=0)
+        await self.connection.close()

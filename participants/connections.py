@@ -1,0 +1,74 @@
+"""Opening RabbitMQ and Redis connections, with one plain sentence when they fail."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+class Unreachable(Exception):
+    """RabbitMQ or Redis did not answer; the message is one sentence for the user."""
+
+    @classmethod
+    def rabbitmq(cls, url: str, reason: object) -> Unreachable:
+        return cls(
+            f"Cannot reach RabbitMQ at {redact(url)} ({reason}): start it with "
+            "`docker compose up -d rabbitmq` or `rabbitmq-server -detached`, or point SAGA_AMQP_URL at yours."
+        )
+
+    @classmethod
+    def redis(cls, url: str, reason: object) -> Unreachable:
+        return cls(
+            f"Cannot reach Redis at {redact(url)} ({reason}): start it with "
+            "`docker compose up -d redis` or `redis-server --daemonize yes`, or point SAGA_REDIS_URL at yours."
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    # Connection errors often quote the URL; never let a password through.
+    return text.splitlines()[0][:200]
+
+
+async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobustConnection:
+    """A robust connection: it reconnects and restores channels, queues and consumers."""
+    try:
+        return await aio_pika.connect_robust(url, timeout=connect_timeout)
+    except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
+        raise Unreachable.rabbitmq(url, _reason(exc)) from None
+
+
+async def connect_redis(url: str, connect_timeout: float = 5.0) -> Redis:
+    """A client that retries on a lost connection (a killed client, a restart)."""
+    client = Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_keepalive=True,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    try:
+        await client.ping()
+    except Exception as exc:
+        await client.aclose()
+        raise Unreachable.redis(url, _reason(exc)) from None
+    return client

@@ -1,0 +1,33 @@
+"""Lua scripts kept as `.lua` files beside the code that calls them, run by SHA."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+
+class Scripts:
+    """The scripts in one folder, loaded once and reloaded when Redis forgot them.
+
+    redis-py's own Script objects check SCRIPT EXISTS before every pipeline;
+    a round trip per message is too dear on the hot path.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.source = {path.stem: path.read_text() for path in sorted(folder.glob("*.lua"))}
+        self.sha: dict[str, str] = {}
+
+    async def load(self, redis: Redis) -> None:
+        for name, source in self.source.items():
+            self.sha[name] = await redis.script_load(source)
+
+    async def call(self, redis: Redis, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha[script], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(redis)
+            return await redis.evalsha(self.sha[script], len(keys), *keys, *args)

@@ -1,0 +1,259 @@
+"""The participant worker: async handlers by command name, run as a process.
+
+    worker = Worker("inventory")
+
+    @worker.handler("reserve_stock")
+    async def reserve(ctx: Context) -> dict:
+        ...
+        raise Failure("out_of_stock", "sku-1 has 0 left")   # a failure reply
+
+What the worker guarantees, so that handlers stay simple:
+- A repeated command (same message_id) gets the original reply again; the
+  handler is not called.
+- Per saga step, a succeeded action is never run twice: a retry after a
+  timeout gets the first success back.
+- A compensation that arrives before its action (or after it failed)
+  succeeds without calling the handler, and the late action is refused.
+- `Failure` becomes a failure reply with its code. Any other exception is
+  retried with backoff; if it persists the reply is a failure `unavailable`.
+- What cannot be decoded is dead-lettered with the reason.
+
+A crash in the middle of a handler can run it again on redelivery, so a
+handler makes its own writes idempotent by `ctx.key` (see the examples).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+from redis.asyncio import Redis
+
+from participants.amqp import Broker, Envelope
+from participants.connections import connect_redis
+from participants.scripts import Scripts
+from statemachines.messages import Command, ErrorInfo, Reply, decode, encode
+from statemachines.names import Names
+
+log = logging.getLogger("saga.participant")
+_json = msgspec.json.Encoder()
+_data = msgspec.json.Decoder(dict[str, Any])
+
+
+class Failure(Exception):
+    """Raise in a handler to refuse a command; the saga receives `code` and `message`."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Context:
+    """What a handler gets: the command, and the worker's Redis for its own state."""
+
+    command: Command
+    redis: Redis
+    names: Names
+    participant: str
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.command.payload
+
+    @property
+    def saga_id(self) -> str:
+        return self.command.saga_id
+
+    @property
+    def key(self) -> str:
+        """An idempotency key for this saga step: the same for every attempt."""
+        return f"{self.command.saga_id}:{self.command.step}"
+
+    def state_key(self, *parts: str) -> str:
+        """A namespaced Redis key for the participant's own state."""
+        return self.names.participant_key(self.participant, *parts)
+
+
+Handler = Callable[[Context], Awaitable[Mapping[str, Any] | None]]
+
+
+class Worker:
+    def __init__(
+        self,
+        name: str,
+        *,
+        prefetch: int = 64,
+        transient_attempts: int = 3,
+        transient_backoff: float = 0.1,
+        lock_seconds: float = 15.0,
+        retention_seconds: int = 7 * 24 * 3600,
+    ) -> None:
+        self.name = name
+        self.prefetch = prefetch
+        self.transient_attempts = transient_attempts
+        self.transient_backoff = transient_backoff
+        self.lock_seconds = lock_seconds
+        self.retention_seconds = retention_seconds
+        self.handlers: dict[str, Handler] = {}
+        self.redis: Redis | None = None
+        self.broker: Broker | None = None
+        self.names = Names()
+        self._scripts = Scripts(Path(__file__).parent / "lua")
+        self._stopping = asyncio.Event()
+        # Called once connected, before consuming: seed state, open pools.
+        self.on_start: Callable[[Worker], Awaitable[None]] | None = None
+
+    def handler(self, command: str) -> Callable[[Handler], Handler]:
+        """Register the decorated coroutine for `command` (an action or a compensation)."""
+
+        def register(fn: Handler) -> Handler:
+            if command in self.handlers:
+                raise ValueError(f"participant {self.name!r} already handles {command!r}")
+            self.handlers[command] = fn
+            return fn
+
+        return register
+
+    async def start(self, amqp_url: str, redis_url: str, names: Names, max_message_bytes: int) -> None:
+        self.names = names
+        self.redis = await connect_redis(redis_url)
+        await self._scripts.load(self.redis)
+        try:
+            self.broker = await Broker.open(amqp_url, names, max_message_bytes)
+        except Exception:
+            await self.redis.aclose()
+            raise
+        queue = await self.broker.declare_participant(self.name)
+        if self.on_start is not None:
+            await self.on_start(self)
+        await self.broker.consume(queue.name, self.handle, self.prefetch)
+        log.info("participant %r up: queue %s, commands %s", self.name, queue.name, sorted(self.handlers))
+
+    async def run(self, amqp_url: str, redis_url: str, names: Names, max_message_bytes: int) -> None:
+        """Serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            await self.start(amqp_url, redis_url, names, max_message_bytes)
+            await self._stopping.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self.broker is not None:
+            await self.broker.stop_consuming()
+            await self.broker.close()
+            self.broker = None
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Answer one command; returning means the message may be acked."""
+        assert self.redis is not None and self.broker is not None
+        command = decode(Command, message.body)
+        tag = f"{{{command.saga_id}}}"
+        keys = (
+            self.names.participant_key(self.name, "reply", tag, command.message_id),
+            self.names.participant_key(self.name, "lock", tag, command.step),
+            self.names.participant_key(self.name, "step", tag, command.step),
+        )
+        # Stable while this delivery is retried in place, so it finds its own lock.
+        token = (
+            f"{uuid.uuid4().hex}" if message.delivery_tag is None else f"{command.message_id}:{message.delivery_tag}"
+        )
+        deadline = asyncio.get_running_loop().time() + self.lock_seconds + 1
+        while True:
+            begun = await self._scripts.call(self.redis, "begin", keys, [token, int(self.lock_seconds * 1000)])
+            if begun[0] == b"cached":
+                await self._send(command, begun[1])
+                return
+            if begun[0] == b"run":
+                break
+            # Another delivery of this step is running, or one died holding the lock.
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"step {command.step} of saga {command.saga_id} stayed locked")
+            await asyncio.sleep(0.05)
+        record = {bytes(k).decode(): bytes(v).decode() for k, v in zip(begun[1::2], begun[2::2], strict=True)}
+        reply, fields = await self._answer(command, record)
+        body = encode(reply)
+        args: list[Any] = [token, self.retention_seconds, body]
+        for field, value in fields.items():
+            args += [field, value]
+        await self._scripts.call(self.redis, "finish", keys, args)
+        await self._send(command, body)
+
+    async def _answer(self, command: Command, record: dict[str, str]) -> tuple[Reply, dict[str, str]]:
+        """The reply to `command`, and what to record of the step."""
+        if command.action == "do":
+            if record.get("compensated"):
+                return self._reply(command, ErrorInfo("compensated", "the step was compensated already")), {}
+            if record.get("do") == "success":
+                return self._reply(command, _data.decode(record.get("data", "{}"))), {}
+            outcome = await self._call(command)
+            if isinstance(outcome, ErrorInfo):
+                return self._reply(command, outcome), {"do": "failure"}
+            return self._reply(command, outcome), {"do": "success", "data": _json.encode(outcome).decode()}
+        if record.get("compensated"):
+            return self._reply(command, {}), {}
+        if record.get("do") != "success":
+            # Nothing happened to undo; recording it refuses the action should it arrive late.
+            return self._reply(command, {}), {"compensated": "1"}
+        outcome = await self._call(command)
+        if isinstance(outcome, ErrorInfo):
+            return self._reply(command, outcome), {}
+        return self._reply(command, outcome), {"compensated": "1"}
+
+    async def _call(self, command: Command) -> dict[str, Any] | ErrorInfo:
+        handler = self.handlers.get(command.command)
+        if handler is None:
+            return ErrorInfo("unknown_command", f"participant {self.name!r} has no handler for {command.command!r}")
+        assert self.redis is not None
+        ctx = Context(command, self.redis, self.names, self.name)
+        delay = self.transient_backoff
+        for attempt in range(1, self.transient_attempts + 1):
+            try:
+                return dict(await handler(ctx) or {})
+            except Failure as failure:
+                return ErrorInfo(failure.code, failure.message)
+            except Exception as exc:
+                log.warning("%s %s attempt %d: %r", self.name, command.command, attempt, exc)
+                if attempt == self.transient_attempts:
+                    return ErrorInfo("unavailable", f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _reply(self, command: Command, outcome: dict[str, Any] | ErrorInfo) -> Reply:
+        failed = isinstance(outcome, ErrorInfo)
+        return Reply(
+            message_id=f"{command.message_id}/{self.name}",
+            in_reply_to=command.message_id,
+            saga_id=command.saga_id,
+            step=command.step,
+            action=command.action,
+            outcome="failure" if failed else "success",
+            data={} if isinstance(outcome, ErrorInfo) else outcome,
+            error=outcome if isinstance(outcome, ErrorInfo) else None,
+            participant=self.name,
+        )
+
+    async def _send(self, command: Command, body: bytes) -> None:
+        assert self.broker is not None
+        await self.broker.publish(
+            [Envelope("", command.reply_to, body, f"{command.message_id}/{self.name}", command.saga_id, "Reply")]
+        )
