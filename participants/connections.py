@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -50,10 +51,19 @@ def _reason(exc: BaseException) -> str:
 
 async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobustConnection:
     """A robust connection: it reconnects and restores channels, queues and consumers."""
+    # aiormq logs a failed first connect at ERROR with a repr; the user gets
+    # our sentence instead. Later reconnects still log.
+    quiet = [logging.getLogger(name) for name in ("aiormq.connection", "aio_pika.robust_connection")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
     try:
         return await aio_pika.connect_robust(url, timeout=connect_timeout)
     except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
         raise Unreachable.rabbitmq(url, _reason(exc)) from None
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 async def connect_redis(url: str, connect_timeout: float = 5.0) -> Redis:
