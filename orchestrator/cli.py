@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     _sagas_flag(p)
     p.add_argument("saga_id", metavar="ID")
 
+    p = command("demo", "run the orchestrator and example participants, and a mix of sagas through them")
+    p.add_argument("--count", type=int, default=40, help="how many sagas (default: 40)")
+    p.add_argument("--concurrency", type=int, default=8, help="how many in flight at once (default: 8)")
+
+    p = command("check", "check that RabbitMQ and Redis answer")
+    p.add_argument(
+        "--start", action="store_true", help="if they do not and Docker runs, `docker compose up -d rabbitmq redis`"
+    )
+
     command("schema", "print the JSON Schema of every message")
     return parser
 
@@ -315,6 +324,22 @@ async def compensate_saga(args: argparse.Namespace, settings: Settings) -> int:
     return await _operate(args, settings, Abort(), "compensation forced")
 
 
+async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.demo import run_demo
+
+    if args.count < 1 or args.concurrency < 1:
+        raise UsageError("--count and --concurrency must be at least 1")
+    return await run_demo(settings, args.count, args.concurrency)
+
+
+async def check_services(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.services import check
+
+    await check(settings, start=args.start)
+    print("RabbitMQ and Redis answer.")
+    return EXIT_OK
+
+
 async def print_schema(args: argparse.Namespace, settings: Settings) -> int:
     from statemachines.messages import schemas
 
@@ -331,6 +356,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "graph": export_graph,
     "retry": retry_saga,
     "compensate": compensate_saga,
+    "demo": run_demo,
+    "check": check_services,
     "schema": print_schema,
 }
 
