@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -23,11 +23,13 @@ from participants.amqp import Broker, Envelope, pack, unpack
 from statemachines.decide import Decision, Due, Event, decide
 from statemachines.dsl import Saga
 from statemachines.instance import SagaInstance
-from statemachines.messages import TERMINAL, encode
+from statemachines.messages import TERMINAL, Reply, encode
 from statemachines.names import Names
 
 log = logging.getLogger("saga.engine")
 CONFLICT_RETRIES = 20
+# Sagas whose last write this process remembers, to skip a read per reply.
+WRITTEN_CACHE = 100_000
 
 
 class KeyedLocks:
@@ -69,6 +71,7 @@ class Engine:
         self._locks = KeyedLocks()
         self._confirmed: list[tuple[str, int]] = []
         self._confirmed_ready = asyncio.Event()
+        self._written: OrderedDict[str, SagaInstance] = OrderedDict()
 
     def definition(self, inst: SagaInstance) -> Saga:
         return self.registry.get(inst.saga_type, inst.definition_version)
@@ -76,18 +79,29 @@ class Engine:
     async def apply(self, saga_id: str, event: Event, saga: Saga | None = None) -> Decision:
         """Apply one event to one saga, exactly once however many processes race."""
         async with self._locks.hold(saga_id):
+            # What this process last wrote spares a read on the hot path; the
+            # version compare-and-set catches it being behind.
+            cached = self._written.pop(saga_id, None) if isinstance(event, Reply) else None
+            attempted: tuple[Decision, list[Envelope]] | None = None
             conflicted = False
             for _ in range(CONFLICT_RETRIES):
-                inst = await self.store.load(saga_id)
+                inst = cached or await self.store.load(saga_id)
+                trusted = cached is None
+                cached = None
+                if attempted is not None and inst is not None and inst == attempted[0].instance:
+                    # A write we saw fail (a retried connection) had landed after all.
+                    return await self._committed(*attempted)
                 if inst is None and saga is None:
                     return Decision(None, note=f"unknown saga {saga_id!r}")
                 definition = self.definition(inst) if inst is not None else saga
                 assert definition is not None
                 decision = decide(definition, inst, event, self.clock())
                 if not decision.changed:
+                    if not trusted:
+                        continue  # "nothing to do" is only believed of what Redis says
                     await self.store.record(saga_id, decision.history)
                     if conflicted:
-                        # Our hint may have landed after the winner's: restore the truth.
+                        # Our deadline hint may have landed after the winner's: restore the truth.
                         await self.store.hint(saga_id, inst.wake_at if inst else None)
                     self.stats["unchanged"] += 1
                     return decision
@@ -96,13 +110,23 @@ class Engine:
                 envelopes = self.envelopes(definition, decision)
                 outbox = pack(envelopes) if envelopes else None
                 if await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox):
-                    self.stats["transitions"] += 1
-                    if envelopes:
-                        await self.deliver(saga_id, new.rev, envelopes)
-                    return decision
+                    return await self._committed(decision, envelopes)
+                attempted = (decision, envelopes)
                 conflicted = True
                 self.stats["conflicts"] += 1
             raise RuntimeError(f"saga {saga_id}: gave up after {CONFLICT_RETRIES} write conflicts")
+
+    async def _committed(self, decision: Decision, envelopes: list[Envelope]) -> Decision:
+        new = decision.instance
+        assert new is not None
+        self.stats["transitions"] += 1
+        if new.status not in TERMINAL:
+            self._written[new.saga_id] = new
+            if len(self._written) > WRITTEN_CACHE:
+                self._written.popitem(last=False)
+        if envelopes:
+            await self.deliver(new.saga_id, new.rev, envelopes)
+        return decision
 
     def envelopes(self, saga: Saga, decision: Decision) -> list[Envelope]:
         names = self.names

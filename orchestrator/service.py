@@ -141,7 +141,8 @@ class Orchestrator:
                 claimed = await self.engine.fire_due(tuning.lease, tuning.claim_limit)
             except Exception as exc:
                 log.warning("deadline loop: %r", exc)
-                claimed = 0
+                await asyncio.sleep(1.0)  # Redis is away: do not spin
+                continue
             if claimed < tuning.claim_limit:
                 await asyncio.sleep(tuning.tick)
 
