@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40, help="how many sagas (default: 40)")
     p.add_argument("--concurrency", type=int, default=8, help="how many in flight at once (default: 8)")
 
+    p = command("bench", "measure sagas/s and latency against a bare RabbitMQ request/reply ring")
+    p.add_argument("--sagas", type=int, default=3000, help="sagas per run, and baseline units (default: 3000)")
+    p.add_argument("--in-flight", type=int, default=64, help="sagas in flight at once (default: 64)")
+    p.add_argument("--failure-ratio", type=float, default=0.1, help="share of sagas failing by design (default: 0.1)")
+    p.add_argument("--repeat", type=int, default=1, help="alternate saga and baseline runs this often (default: 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    command("bench-responder", argparse.SUPPRESS)
+
     p = command("check", "check that RabbitMQ and Redis answer")
     p.add_argument(
         "--start", action="store_true", help="if they do not and Docker runs, `docker compose up -d rabbitmq redis`"
@@ -289,10 +297,14 @@ async def _operate(args: argparse.Namespace, settings: Settings, event: Any, ver
     try:
         await store.connect()
         broker = await Broker.open(settings.amqp_url, settings.names)
+        engine = Engine(store, broker, registry, settings.names)
         try:
-            decision = await Engine(store, broker, registry, settings.names).apply(args.saga_id, event)
+            decision = await engine.apply(args.saga_id, event)
         finally:
             await broker.close()
+            # Forget the outbox the broker confirmed, as the orchestrator does;
+            # left behind, the sweep would send its commands a second time.
+            await engine.close()
     finally:
         await store.redis.aclose()
     inst = decision.instance
@@ -332,6 +344,22 @@ async def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     return await run_demo(settings, args.count, args.concurrency)
 
 
+async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.bench import Options, run_bench
+
+    if args.sagas < 1 or args.in_flight < 1 or args.repeat < 1 or not 0 <= args.failure_ratio <= 1:
+        raise UsageError("--sagas, --in-flight and --repeat must be at least 1, --failure-ratio within 0..1")
+    options = Options(args.sagas, args.in_flight, args.failure_ratio, args.repeat, as_json=args.json)
+    return await run_bench(settings, options)
+
+
+async def bench_responder(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.baseline import respond
+
+    await respond(settings.amqp_url, settings.names)
+    return EXIT_OK
+
+
 async def check_services(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.services import check
 
@@ -357,6 +385,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any,
     "retry": retry_saga,
     "compensate": compensate_saga,
     "demo": run_demo,
+    "bench": run_bench,
+    "bench-responder": bench_responder,
     "check": check_services,
     "schema": print_schema,
 }

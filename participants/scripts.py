@@ -26,6 +26,10 @@ class Scripts:
             self.sha[name] = await redis.script_load(source)
 
     async def call(self, redis: Redis, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if script not in self.sha:
+            # Not loaded by this process yet (e.g. a refund is the first thing a
+            # restarted payment participant does): load rather than fail.
+            await self.load(redis)
         try:
             return await redis.evalsha(self.sha[script], len(keys), *keys, *args)
         except NoScriptError:

@@ -142,14 +142,19 @@ def compile_saga(saga: Saga) -> CompiledSaga:
         compiled.status_of[terminal] = terminal  # type: ignore[assignment]
     compiled.status_of[NEW] = "new"
 
-    # A stuck saga resumes in the step state it was stuck in.
-    for state in compiled.step_states:
+    # A stuck saga resumes in the step state it was stuck in; stuck in a
+    # forward step up to the pivot, it may also be forced to compensate.
+    for state, (index, action) in compiled.step_states.items():
 
         def stuck_in(event: EventData, state: str = state) -> bool:
             return _run(event).resume_state == state
 
         add("resume", STUCK, state, conditions=[stuck_in])
         add("fault", state, STUCK)
+        if action == "do" and (pivot is None or index <= pivot):
+            if steps[index].compensable:
+                add("abort", STUCK, compensating(state), conditions=[stuck_in])
+            add("abort", STUCK, undo_from(index), conditions=[stuck_in])
 
     compiled.machine = Machine(
         model=None,

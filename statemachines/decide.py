@@ -180,12 +180,22 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
         if instance.status != "stuck":
             return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
         return _fire(compiled, instance, "resume", now)
-    if instance.status == "running":
+    if instance.status == "running" or (instance.status == "stuck" and instance.action == "do"):
         # The reason travels with the compensating/compensated events, like a
         # failure's error does; a refused abort leaves the instance as it was.
         aborted = msgspec.structs.replace(instance, error=ErrorInfo("aborted", event.reason))
         decision = _fire(compiled, aborted, "abort", now, detail=event.reason)
-        return decision if decision.changed else Decision(instance, note=decision.note)
+        if decision.changed:
+            return decision
+        # Abort applies in every forward state up to the pivot; refused, the saga is past it.
+        pivot = saga.pivot_index
+        if pivot is None:
+            return Decision(instance, note=decision.note)
+        return Decision(
+            instance,
+            note=f"saga is past its pivot {saga.steps[pivot].name!r}: it only moves forward, so abort cannot "
+            "compensate it",
+        )
     return Decision(instance, note=f"saga is {instance.status}: nothing to compensate")
 
 
@@ -194,7 +204,10 @@ def _apply_reply(compiled: CompiledSaga, inst: SagaInstance, reply: Reply, now: 
         why = "duplicate or late" if inst.awaiting is None else f"the saga awaits {inst.awaiting}"
         return _unchanged(inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: {why}")
     if reply.outcome == "success":
-        inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data})
+        # A step that finally succeeded leaves no error behind; a compensation
+        # keeps the error that made the saga compensate.
+        error = None if inst.action == "do" else inst.error
+        inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data}, error=error)
         return _fire(compiled, inst, "succeeded", now)
     error = reply.error or ErrorInfo("unknown")
     inst = msgspec.structs.replace(inst, error=error)
@@ -237,7 +250,7 @@ def _fire(
 ) -> Decision:
     inst = msgspec.structs.replace(old, rev=old.rev + 1, updated_at=now)
     run = Run(compiled.saga, inst, now, code)
-    if trigger == "resume":
+    if old.status == "stuck":
         assert inst.step is not None
         run.resume_state = compiled.state_for(compiled.saga.index(inst.step), inst.action)
     machine = compiled.machine
@@ -259,14 +272,17 @@ def _fire(
         return Decision(old, note=f"no transition for {trigger!r} in state {old.state!r}")
     inst.state = run.state
     inst.status = compiled.status_of[run.state]
+    # The entry names the step the event was about: a reply's or a timeout's
+    # is the step the saga was in; a (re)send's is the step it sends to.
+    about = inst if trigger in ("start", "resend", "resume", "fault") else old
     entry = HistoryEntry(
         at=now,
         event=trigger,
         source=old.state,
         dest=inst.state,
-        step=inst.step,
-        action=inst.action,
-        attempt=inst.attempt,
+        step=about.step,
+        action=about.action,
+        attempt=about.attempt,
         detail=detail,
     )
     events = []

@@ -206,7 +206,12 @@ class SagaHarness:
                 break
             at, saga_id = min(due)
             self.now = max(self.now, at)
-            self._apply(self.runs[saga_id], Due())
+            decision = self._apply(self.runs[saga_id], Due())
+            if not decision.changed:
+                # Nothing moved the saga's wake time: firing again would loop forever.
+                raise AssertionError(
+                    f"saga {saga_id!r} is due at {at:g} but its Due event changed nothing: {decision.note}"
+                )
         self.now = until
 
     def _apply(self, run: SagaRun, event: Event) -> Decision:

@@ -92,6 +92,8 @@ def decode(kind: type[M], body: bytes) -> M:
         message: M = _decoders[kind].decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         raise MalformedMessage(f"not a valid {kind.__name__}: {exc}") from None
+    except RecursionError:  # msgspec's answer to JSON nested past the interpreter's depth
+        raise MalformedMessage(f"not a valid {kind.__name__}: nested too deeply") from None
     if isinstance(message, Reply) and message.outcome == "failure" and message.error is None:
         raise MalformedMessage("not a valid Reply: a failure reply needs an error")
     return message

@@ -23,12 +23,12 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import pytest
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
 from orchestrator.config import Settings
+from orchestrator.namespace import drop
 from orchestrator.registry import Registry
 from orchestrator.service import Orchestrator, Tuning
 from participants.worker import Worker
@@ -116,32 +116,7 @@ async def cleanup(settings: Settings) -> AsyncIterator[set[str]]:
 
 
 async def remove_namespace(settings: Settings, participants: set[str]) -> None:
-    names = settings.names
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        queues = [names.start_queue, names.reply_queue, names.dead_queue]
-        queues += [names.participant_queue(p) for p in participants | {s.participant for g in SAGAS for s in g.steps}]
-        for queue in queues:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(queue)
-            with contextlib.suppress(Exception):
-                await channel.close()
-        for exchange in (names.commands_exchange, names.events_exchange, names.dead_exchange):
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-            with contextlib.suppress(Exception):
-                await channel.close()
-    finally:
-        await connection.close()
-    client = Redis.from_url(settings.redis_url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{names.namespace}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
+    await drop(settings, participants | {s.participant for saga in SAGAS for s in saga.steps})
 
 
 def example_workers() -> list[Worker]:

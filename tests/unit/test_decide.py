@@ -803,3 +803,55 @@ def test_decide_does_not_mutate_its_input_and_is_deterministic() -> None:
         second = decide(saga, inst, event, 3.0)
         assert msgspec.json.encode(inst) == frozen
         assert first == second
+
+
+def test_a_stuck_saga_before_its_pivot_can_be_forced_to_compensate() -> None:
+    builder = Flaky()
+    _, run = started(shop(charge_payload=builder))
+    run.succeed()  # reserve done; building charge's payload fails
+    assert run.status == "stuck"
+    builder.broken = False
+    assert run.abort("give up on this order").changed
+    # charge may or may not have gone out before it got stuck: it is compensated
+    # (a no-op for a participant that never saw it), then reserve.
+    assert compensations(run) == ["refund"]
+    run.succeed()
+    assert compensations(run) == ["refund", "release_stock"]
+    run.succeed()
+    assert run.status == "compensated"
+    assert run.error == ErrorInfo("aborted", "give up on this order")
+
+
+def test_a_stuck_saga_after_its_pivot_cannot_be_forced_to_compensate() -> None:
+    _, run = started()
+    succeed_until(run, "notify")
+    for _ in range(3):
+        run.fail("unavailable")
+        if run.status == "running":
+            run.harness.advance(10)
+    assert run.status == "stuck"
+    decision = run.abort()
+    assert not decision.changed and run.status == "stuck"
+
+
+def test_history_names_the_step_each_event_was_about() -> None:
+    harness, run = started()
+    run.succeed({"reservation_id": "r-1"})
+    run.fail("unavailable")
+    harness.advance(1)
+    events = [(h.event, h.step, h.attempt) for h in run.history]
+    assert events == [
+        ("start", "reserve", 1),
+        ("succeeded", "reserve", 1),
+        ("failed", "charge", 1),
+        ("resend", "charge", 2),
+    ]
+
+
+def test_an_error_is_forgotten_once_its_step_succeeds() -> None:
+    harness, run = started()
+    run.fail("unavailable")
+    assert run.error is not None
+    harness.advance(1)
+    run.succeed()
+    assert run.error is None, "a completed step leaves no stale error for `saga show`"

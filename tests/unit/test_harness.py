@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from statemachines import Retry, Saga, SagaHarness, Step
+import statemachines.harness
+from statemachines import Decision, Due, Retry, Saga, SagaHarness, Step, decide
 from statemachines.sagas import order, trip
 
 ORDER = {"order_id": "o-1", "customer_id": "c-1", "items": [{"sku": "book", "qty": 2}], "amount": 30}
@@ -169,3 +172,25 @@ def test_repr_shows_the_state() -> None:
     harness = SagaHarness(order)
     run = harness.start(data=ORDER, saga_id="o-9")
     assert repr(run) == "<SagaRun order o-9 reserve_inventory>"
+
+
+def test_a_due_event_that_changes_nothing_fails_instead_of_looping(monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = SagaHarness(order)
+    harness.start(data=ORDER)
+    real = decide
+    calls = []
+
+    def stubborn(saga: Saga, instance: Any, event: Any, now: float) -> Decision:
+        calls.append(event)
+        assert len(calls) < 50, "advance keeps firing the same Due"
+        return (
+            Decision(instance, note="nothing is due yet")
+            if isinstance(event, Due)
+            else real(saga, instance, event, now)
+        )
+
+    monkeypatch.setattr(statemachines.harness, "decide", stubborn)
+    with pytest.raises(
+        AssertionError, match=r"saga 'order-1' is due at 10 but its Due event changed nothing: nothing is"
+    ):
+        harness.advance(60)

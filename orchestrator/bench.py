@@ -1,0 +1,300 @@
+"""`saga bench`: order sagas through real processes, against a bare ring in the same run.
+
+The orchestrator and the inventory, payment and shipping participants run
+as child processes, as in production. N order sagas run with K in flight,
+some failing by design; the same N and K then run through the baseline ring
+(orchestrator.baseline). The two alternate `repeat` times and the report
+gives medians, so a noisy machine moves both sides alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage, ExchangeType
+
+from orchestrator import baseline
+from orchestrator.config import Settings
+from orchestrator.cpu import process_cpu, rabbitmq_pid, redis_cpu, redis_memory
+from orchestrator.fleet import Fleet
+from orchestrator.namespace import drop
+from orchestrator.report import percentile, step_latencies, table
+from orchestrator.store import RedisStore
+from participants.connections import connect_amqp, connect_redis
+from statemachines.messages import SagaEvent, StartSaga, decode, encode
+
+PARTICIPANTS = ("inventory", "payment", "shipping")
+ORDER_STEPS = ("reserve_inventory", "charge_payment", "create_shipment")
+
+
+def order_data(rng: random.Random, n: int, failure_ratio: float) -> dict[str, Any]:
+    return {
+        "order_id": f"bench-{n}",
+        "customer_id": f"customer-{rng.randint(1, 1000)}",
+        "items": [{"sku": f"sku-{rng.randint(1, 9)}", "qty": rng.randint(1, 3)} for _ in range(rng.randint(1, 3))],
+        "amount": rng.randint(100, 100_000),
+        "fail_at": [rng.choice(ORDER_STEPS)] if rng.random() < failure_ratio else [],
+    }
+
+
+@dataclass
+class Run:
+    """One measured run of sagas or baseline units."""
+
+    count: int
+    seconds: float
+    latencies: list[float]
+    cpu: dict[str, float | None] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    saga_ids: list[str] = field(default_factory=list)
+    redis_bytes: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """A bar on a terminal, nothing otherwise (and nothing with --json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label = ""
+        self.total = 1
+
+    def begin(self, label: str, total: int) -> Callable[[int], None]:
+        self.label, self.total = label, total
+        return self.show
+
+    def show(self, done: int) -> None:
+        if not self.enabled or (done % 25 and done != self.total):
+            return
+        width = 30
+        filled = width * done // self.total
+        print(
+            f"\r{self.label:<10} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}", end="", file=sys.stderr
+        )
+        if done == self.total:
+            print(file=sys.stderr)
+
+
+class Cpu:
+    """CPU seconds per process between two readings."""
+
+    def __init__(self, pids: dict[str, int | None], redis: Any) -> None:
+        self.pids = pids
+        self.redis = redis
+        self.start: dict[str, float | None] = {}
+
+    async def read(self) -> dict[str, float | None]:
+        now: dict[str, float | None] = {name: process_cpu(pid) if pid else None for name, pid in self.pids.items()}
+        now["redis"] = await redis_cpu(self.redis)
+        return now
+
+    async def begin(self) -> None:
+        self.start = await self.read()
+
+    async def used(self) -> dict[str, float | None]:
+        end = await self.read()
+        return {
+            name: (end[name] - before) if before is not None and end.get(name) is not None else None  # type: ignore[operator]
+            for name, before in self.start.items()
+        }
+
+
+async def drive_sagas(
+    settings: Settings, count: int, in_flight: int, failure_ratio: float, seed: int, progress: Callable[[int], None]
+) -> Run:
+    """Publish `count` order starts, `in_flight` at a time; a saga ends when its final event arrives."""
+    names = settings.names
+    rng = random.Random(seed)
+    connection = await connect_amqp(settings.amqp_url)
+    try:
+        publisher = await connection.channel(publisher_confirms=True)
+        listener = await connection.channel()
+        exchange = await listener.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True)
+        events = await listener.declare_queue(exclusive=True, auto_delete=True)
+        for status in ("completed", "compensated", "stuck"):
+            await events.bind(exchange, f"order.*.{status}")
+        waiting: dict[str, asyncio.Future[str]] = {}
+
+        async def on_event(message: AbstractIncomingMessage) -> None:
+            event = decode(SagaEvent, message.body)
+            future = waiting.pop(event.saga_id, None)
+            if future is not None and not future.done():
+                future.set_result(event.status)
+
+        await events.consume(on_event, no_ack=True)
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(in_flight)
+        run = Run(count, 0.0, [])
+        statuses: dict[str, int] = {}
+
+        async def one(n: int) -> None:
+            saga_id = uuid.uuid4().hex
+            body = encode(StartSaga(saga_type="order", saga_id=saga_id, data=order_data(rng, n, failure_ratio)))
+            async with gate:
+                began = time.perf_counter()
+                waiting[saga_id] = loop.create_future()
+                done = waiting[saga_id]
+                await publisher.default_exchange.publish(_persistent(body, saga_id), names.start_queue)
+                status = await done
+                run.latencies.append(time.perf_counter() - began)
+            statuses[status] = statuses.get(status, 0) + 1
+            run.saga_ids.append(saga_id)
+            progress(len(run.saga_ids))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(n) for n in range(count)))
+        run.seconds = time.perf_counter() - began
+        run.statuses = statuses
+        return run
+    finally:
+        await connection.close()
+
+
+def _persistent(body: bytes, message_id: str) -> Any:
+    import aio_pika
+
+    return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message_id)
+
+
+@dataclass
+class Options:
+    sagas: int = 3000
+    in_flight: int = 64
+    failure_ratio: float = 0.1
+    repeat: int = 1
+    seed: int = 1
+    as_json: bool = False
+
+
+async def run_bench(base: Settings, options: Options) -> int:
+    settings = replace(base, namespace=f"{base.namespace}-bench-{uuid.uuid4().hex[:6]}")
+    names = settings.names
+    fleet = Fleet(settings)
+    say = (lambda *a: print(*a, file=sys.stderr)) if options.as_json else print
+    progress = Progress(not options.as_json)
+    redis = await connect_redis(settings.redis_url)
+    try:
+        say(f"starting the orchestrator, {', '.join(PARTICIPANTS)} and the baseline responder ...")
+        fleet.orchestrator()
+        for participant in PARTICIPANTS:
+            fleet.participant(participant)
+        fleet.spawn("baseline", "bench-responder")
+        await fleet.ready(
+            [names.start_queue, names.reply_queue, baseline.request_queue(names)]
+            + [names.participant_queue(p) for p in PARTICIPANTS]
+        )
+        pids: dict[str, int | None] = {name: process.pid for name, process in fleet.processes.items()}
+        pids["rabbitmq"] = rabbitmq_pid()
+        cpu = Cpu(pids, redis)
+        # Warm up both paths: connections, JIT-free Python caches, queue leaders.
+        await drive_sagas(settings, 100, options.in_flight, options.failure_ratio, 0, lambda _: None)
+        await baseline.ring(settings, 100, options.in_flight)
+
+        saga_runs: list[Run] = []
+        ring_runs: list[Run] = []
+        for r in range(options.repeat):
+            await cpu.begin()
+            ring = await baseline.ring(
+                settings, options.sagas, options.in_flight, progress.begin(f"baseline {r + 1}", options.sagas)
+            )
+            ring_runs.append(Run(ring.units, ring.seconds, ring.latencies, await cpu.used()))
+            memory_before = await redis_memory(redis)
+            await cpu.begin()
+            run = await drive_sagas(
+                settings, options.sagas, options.in_flight, options.failure_ratio, options.seed + r,
+                progress.begin(f"sagas {r + 1}", options.sagas),
+            )  # fmt: skip
+            run.cpu = await cpu.used()
+            run.redis_bytes = await redis_memory(redis) - memory_before
+            saga_runs.append(run)
+        store = RedisStore(redis, names)
+        histories = [await store.history(saga_id) for saga_id in saga_runs[-1].saga_ids[:1000]]
+        report = _report(options, saga_runs, ring_runs, step_latencies(histories))
+        say(_human(report))
+        if options.as_json:
+            print(json.dumps(report))
+        return 0
+    finally:
+        fleet.stop()
+        await redis.aclose()
+        await drop(settings, PARTICIPANTS, [baseline.request_queue(names), baseline.reply_queue(names)])
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str, list[float]]) -> dict[str, Any]:
+    def latency(runs: list[Run], q: float) -> float:
+        return _median([percentile(run.latencies, q) * 1000 for run in runs])
+
+    steps_per_saga = 3
+    cpu_per_saga: dict[str, float | None] = {}
+    for name in sagas[0].cpu:
+        values = [run.cpu[name] for run in sagas]
+        known = [v / run.count for v, run in zip(values, sagas, strict=True) if v is not None]
+        cpu_per_saga[name] = _median(known) * 1e6 if known else None
+    orchestrator_us = cpu_per_saga.get("orchestrator")
+    sagas_per_s = _median([run.per_second for run in sagas])
+    units_per_s = _median([run.per_second for run in rings])
+    return {
+        "sagas": options.sagas,
+        "in_flight": options.in_flight,
+        "failure_ratio": options.failure_ratio,
+        "repeat": options.repeat,
+        "sagas_per_s": round(sagas_per_s, 1),
+        "baseline_units_per_s": round(units_per_s, 1),
+        "ratio": round(sagas_per_s / units_per_s, 3) if units_per_s else None,
+        "p50_ms": round(latency(sagas, 50), 2),
+        "p95_ms": round(latency(sagas, 95), 2),
+        "p99_ms": round(latency(sagas, 99), 2),
+        "baseline_p50_ms": round(latency(rings, 50), 2),
+        "baseline_p99_ms": round(latency(rings, 99), 2),
+        "step_p50_ms": {state: round(percentile(v, 50) * 1000, 2) for state, v in sorted(held.items())},
+        "cpu_us_per_saga": {k: None if v is None else round(v) for k, v in cpu_per_saga.items()},
+        "orchestrator_cpu_us_per_step": None if orchestrator_us is None else round(orchestrator_us / steps_per_saga),
+        "redis_bytes_per_saga": round(_median([run.redis_bytes / run.count for run in sagas])),
+        "statuses": sagas[-1].statuses,
+    }
+
+
+def _human(report: dict[str, Any]) -> str:
+    rows = [
+        ["", "per second", "p50 ms", "p95 ms", "p99 ms"],
+        ["sagas", f"{report['sagas_per_s']}", f"{report['p50_ms']}", f"{report['p95_ms']}", f"{report['p99_ms']}"],
+        [
+            "baseline",
+            f"{report['baseline_units_per_s']}",
+            f"{report['baseline_p50_ms']}",
+            "",
+            f"{report['baseline_p99_ms']}",
+        ],
+    ]
+    lines = [
+        f"{report['sagas']} order sagas, {report['in_flight']} in flight, {report['failure_ratio']:.0%} failing by "
+        f"design; medians of {report['repeat']} run(s)",
+        "",
+        table(rows),
+        "",
+        f"ratio (sagas/s / baseline units/s): {report['ratio']}",
+        "",
+        "latency per step, p50 ms: " + ", ".join(f"{k} {v}" for k, v in report["step_p50_ms"].items()),
+        "CPU µs per saga: "
+        + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in report["cpu_us_per_saga"].items()),
+        f"orchestrator CPU per step: {report['orchestrator_cpu_us_per_step']} µs",
+        f"Redis memory per finished saga: {report['redis_bytes_per_saga']} bytes",
+        f"outcomes: {report['statuses']}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Removing everything one namespace put on the broker and in Redis."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import aio_pika
+
+from orchestrator.config import Settings
+from participants.connections import connect_redis
+
+
+async def drop(settings: Settings, participants: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+    """Delete the namespace's queues (work, dead-letter, the participants', `queues`), exchanges and keys."""
+    names = settings.names
+    every = [names.start_queue, names.reply_queue, names.dead_queue, *queues]
+    every += [names.participant_queue(p) for p in participants]
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        # A failed delete closes its channel, so each gets a channel of its own.
+        for queue in every:
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+            with contextlib.suppress(Exception):
+                await channel.close()
+        for exchange in (names.commands_exchange, names.events_exchange, names.dead_exchange):
+            channel = await connection.channel()
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+            with contextlib.suppress(Exception):
+                await channel.close()
+    finally:
+        await connection.close()
+    redis = await connect_redis(settings.redis_url)
+    try:
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{names.namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await redis.delete(*batch)
+                batch.clear()
+        if batch:
+            await redis.delete(*batch)
+    finally:
+        await redis.aclose()
