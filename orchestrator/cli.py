@@ -28,6 +28,11 @@ from statemachines.messages import TERMINAL
 
 EXIT_OK, EXIT_FAILED, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
+try:  # uvloop where it exists: the same asyncio, a faster loop
+    from uvloop import run
+except ImportError:  # pragma: no cover - Windows
+    from asyncio import run  # type: ignore[assignment]
+
 
 class UsageError(Exception):
     """A mistake in what the user asked for; the message is the whole story."""
@@ -127,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
     handler = COMMANDS[args.command]
     try:
-        return asyncio.run(handler(args, settings))
+        return run(handler(args, settings))
     except (Unreachable, UsageError, UnknownSaga) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
 from participants.amqp import Broker, Envelope, pack, unpack
-from statemachines.decide import Decision, Due, Event, decide
+from statemachines.decide import Decision, Due, Event, Start, decide
 from statemachines.dsl import Saga
 from statemachines.instance import SagaInstance
 from statemachines.messages import TERMINAL, Reply, encode
@@ -79,19 +79,22 @@ class Engine:
     async def apply(self, saga_id: str, event: Event, saga: Saga | None = None) -> Decision:
         """Apply one event to one saga, exactly once however many processes race."""
         async with self._locks.hold(saga_id):
-            # What this process last wrote spares a read on the hot path; the
-            # version compare-and-set catches it being behind.
-            cached = self._written.pop(saga_id, None) if isinstance(event, Reply) else None
+            # A guess spares a read on the hot path: for a reply, what this
+            # process last wrote; for a start, that the saga is new. The
+            # version compare-and-set catches a wrong guess.
+            guessed = isinstance(event, Reply | Start)
+            guess = self._written.pop(saga_id, None) if isinstance(event, Reply) else None
             attempted: tuple[Decision, list[Envelope]] | None = None
-            conflicted = False
             for _ in range(CONFLICT_RETRIES):
-                inst = cached or await self.store.load(saga_id)
-                trusted = cached is None
-                cached = None
+                inst = guess if guessed else await self.store.load(saga_id)
+                trusted = not guessed
+                guessed = False
                 if attempted is not None and inst is not None and inst == attempted[0].instance:
                     # A write we saw fail (a retried connection) had landed after all.
                     return await self._committed(*attempted)
                 if inst is None and saga is None:
+                    if not trusted:
+                        continue
                     return Decision(None, note=f"unknown saga {saga_id!r}")
                 definition = self.definition(inst) if inst is not None else saga
                 assert definition is not None
@@ -100,9 +103,6 @@ class Engine:
                     if not trusted:
                         continue  # "nothing to do" is only believed of what Redis says
                     await self.store.record(saga_id, decision.history)
-                    if conflicted:
-                        # Our deadline hint may have landed after the winner's: restore the truth.
-                        await self.store.hint(saga_id, inst.wake_at if inst else None)
                     self.stats["unchanged"] += 1
                     return decision
                 new = decision.instance
@@ -112,7 +112,6 @@ class Engine:
                 if await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox):
                     return await self._committed(decision, envelopes)
                 attempted = (decision, envelopes)
-                conflicted = True
                 self.stats["conflicts"] += 1
             raise RuntimeError(f"saga {saga_id}: gave up after {CONFLICT_RETRIES} write conflicts")
 

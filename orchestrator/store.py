@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -56,40 +55,26 @@ class RedisStore:
     async def commit(
         self, expected_rev: int, inst: SagaInstance, history: Sequence[HistoryEntry], outbox: bytes | None
     ) -> bool:
-        """Write `inst` if the stored rev is still `expected_rev`; False on a conflict."""
+        """Write `inst`, its history, outbox and deadline if the stored rev is still `expected_rev`.
+
+        False on a conflict: someone else wrote the saga since it was read.
+        """
         names = self.names
         saga_id = inst.saga_id
         retention = self.retention if inst.status in FINAL else 0
+        wake = inst.wake_at
+        keys = (
+            names.saga_key(saga_id),
+            names.history_key(saga_id),
+            names.outbox_key(saga_id),
+            names.deadline_key(names.deadline_shard(saga_id)),
+        )
         args = [
-            expected_rev, inst.rev, _json.encode(inst), inst.status, inst.state, inst.saga_type,
-            inst.updated_at, outbox or b"", retention, HISTORY_CAP, *(_json.encode(h) for h in history),
+            expected_rev, inst.rev, _json.encode(inst), inst.status, inst.state, inst.saga_type, inst.updated_at,
+            outbox or b"", retention, HISTORY_CAP, saga_id, "" if wake is None else ms(wake),
+            *(_json.encode(h) for h in history),
         ]  # fmt: skip
-        keys = (names.saga_key(saga_id), names.history_key(saga_id), names.outbox_key(saga_id))
-        for loaded_again in (False, True):
-            pipe = self.redis.pipeline(transaction=False)
-            self._hint(pipe, saga_id, inst.wake_at)
-            pipe.evalsha(self.scripts.sha["commit"], len(keys), *keys, *args)
-            _, written = await pipe.execute(raise_on_error=False)
-            if isinstance(written, NoScriptError) and not loaded_again:
-                await self.scripts.load(self.redis)
-                continue
-            if isinstance(written, Exception):
-                raise written
-            return bool(written)
-        raise AssertionError("unreachable")
-
-    def _hint(self, pipe: Any, saga_id: str, wake_at: float | None) -> None:
-        key = self.names.deadline_key(self.names.deadline_shard(saga_id))
-        if wake_at is None:
-            pipe.zrem(key, saga_id)
-        else:
-            pipe.zadd(key, {saga_id: ms(wake_at)})
-
-    async def hint(self, saga_id: str, wake_at: float | None) -> None:
-        """Point the deadline index at the saga's own wake time."""
-        pipe = self.redis.pipeline(transaction=False)
-        self._hint(pipe, saga_id, wake_at)
-        await pipe.execute()
+        return bool(await self.scripts.call(self.redis, "commit", keys, args))
 
     async def record(self, saga_id: str, history: Sequence[HistoryEntry]) -> None:
         """Append history without a transition (a reply that changed nothing)."""
@@ -105,17 +90,10 @@ class RedisStore:
         return [_history.decode(raw) for raw in await self.redis.lrange(self.names.history_key(saga_id), 0, -1)]
 
     async def clear_outboxes(self, confirmed: Sequence[tuple[str, int]]) -> None:
-        """Forget the outboxes the broker confirmed, in one round trip."""
-        if not confirmed:
-            return
-        sha = self.scripts.sha["clear_outbox"]
-        pipe = self.redis.pipeline(transaction=False)
-        for saga_id, rev in confirmed:
-            pipe.evalsha(sha, 1, self.names.outbox_key(saga_id), rev)
-        results = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in results):
-            await self.scripts.load(self.redis)
-            await self.clear_outboxes(confirmed)
+        """Forget the outboxes the broker confirmed, in one call."""
+        if confirmed:
+            keys = [self.names.outbox_key(saga_id) for saga_id, _ in confirmed]
+            await self.scripts.call(self.redis, "clear_outbox", keys, [rev for _, rev in confirmed])
 
     async def pending_outboxes(self, older_than: float) -> AsyncIterator[tuple[str, int, bytes]]:
         """Outboxes written before `older_than` and never confirmed: (saga id, rev, messages)."""

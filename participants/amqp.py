@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import aio_pika
 import msgspec
 from aio_pika.abc import (
     AbstractChannel,
@@ -26,6 +25,7 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from aiormq.exceptions import AMQPError
+from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -218,23 +218,22 @@ class Broker:
             await asyncio.gather(*(self._publish(e) for e in envelopes))
 
     async def _publish(self, envelope: Envelope, headers: dict[str, Any] | None = None) -> None:
-        message = aio_pika.Message(
-            envelope.body,
+        # Straight to aiormq: an aio_pika.Message per publish costs more than
+        # the rest of the publish; the robust channel still reconnects.
+        channel = await self.channel.get_underlay_channel()
+        properties = Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=2,  # persistent
             message_id=envelope.message_id,
             correlation_id=envelope.correlation_id,
             reply_to=envelope.reply_to,
-            type=envelope.kind,
+            message_type=envelope.kind,
             headers=headers,
         )
-        await self._exchange(envelope.exchange).publish(message, envelope.routing_key, mandatory=False)
-
-    def _exchange(self, name: str) -> AbstractExchange:
-        try:
-            return self._exchanges[name]
-        except KeyError:
-            raise ValueError(f"exchange {name!r} was not declared by this broker") from None
+        # A nack from the broker raises aiormq's DeliveryError.
+        await channel.basic_publish(
+            envelope.body, exchange=envelope.exchange, routing_key=envelope.routing_key, properties=properties
+        )
 
     async def dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
         """Move `message` to the dead-letter queue with `reason`, then ack it."""

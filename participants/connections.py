@@ -8,10 +8,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # the asyncio client awaits its retries; redis.retry's would not
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 
 def redact(url: str) -> str:

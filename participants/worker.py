@@ -25,6 +25,7 @@ handler makes its own writes idempotent by `ctx.key` (see the examples).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import uuid
@@ -189,8 +190,14 @@ class Worker:
                 raise RuntimeError(f"step {command.step} of saga {command.saga_id} stayed locked")
             await asyncio.sleep(0.05)
         record = {bytes(k).decode(): bytes(v).decode() for k, v in zip(begun[1::2], begun[2::2], strict=True)}
-        reply, fields = await self._answer(command, record)
-        body = encode(reply)
+        try:
+            reply, fields = await self._answer(command, record)
+            body = encode(reply)
+        except BaseException:
+            # Redelivered, this command must not wait out a lock nobody holds any more.
+            with contextlib.suppress(Exception):
+                await self._scripts.call(self.redis, "release", keys[1:2], [token])
+            raise
         args: list[Any] = [token, self.retention_seconds, body]
         for field, value in fields.items():
             args += [field, value]

@@ -253,10 +253,12 @@ def _fire(
     if old.status == "stuck":
         assert inst.step is not None
         run.resume_state = compiled.state_for(compiled.saga.index(inst.step), inst.action)
-    machine = compiled.machine
-    machine.add_model(run, initial=old.state)
+    # The model is fired through the machine's Event directly: add_model would
+    # bind every trigger and state helper onto it for one use (most of
+    # decide's cost), and nothing here needs those helpers.
+    events = compiled.machine.events
     try:
-        fired = run.trigger(trigger)  # type: ignore[attr-defined]
+        fired = events[trigger].trigger(run)
     except MachineError:
         return Decision(old, note=f"{trigger!r} does not apply in state {old.state!r}")
     except PayloadError as exc:
@@ -264,10 +266,7 @@ def _fire(
         detail = str(exc)
         trigger = "fault"
         run.commands.clear()
-        run.trigger("fault")  # type: ignore[attr-defined]
-        fired = True
-    finally:
-        machine.remove_model(run)
+        fired = events["fault"].trigger(run)
     if not fired:
         return Decision(old, note=f"no transition for {trigger!r} in state {old.state!r}")
     inst.state = run.state
@@ -285,11 +284,11 @@ def _fire(
         attempt=about.attempt,
         detail=detail,
     )
-    events = []
+    lifecycle = []
     if inst.status != old.status:
         status = "running" if inst.status == "new" else inst.status
         error = inst.error if inst.status in ("stuck", "compensating", "compensated") else None
-        events.append(
+        lifecycle.append(
             SagaEvent(
                 saga_id=inst.saga_id,
                 saga_type=inst.saga_type,
@@ -301,4 +300,4 @@ def _fire(
                 error=error,
             )
         )
-    return Decision(inst, commands=run.commands, events=events, history=[entry], changed=True)
+    return Decision(inst, commands=run.commands, events=lifecycle, history=[entry], changed=True)

@@ -1,7 +1,10 @@
--- Forget an outbox once the broker confirmed it, unless a newer transition
--- has replaced it in the meantime.
--- KEYS: outbox hash; ARGV: the rev whose messages were confirmed
-if redis.call('HGET', KEYS[1], 'rev') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+-- Forget outboxes once the broker confirmed them, unless a newer transition
+-- has replaced one in the meantime.
+-- KEYS: outbox hashes; ARGV: for each, the rev whose messages were confirmed
+local cleared = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'rev') == ARGV[i] then
+    cleared = cleared + redis.call('DEL', key)
+  end
 end
-return 0
+return cleared

@@ -1,8 +1,9 @@
 -- Write one saga transition, if nobody has written the saga since we read it.
--- KEYS: saga hash, history list, outbox hash
+-- KEYS: saga hash, history list, outbox hash, the saga's deadline shard
 -- ARGV: expected rev ('0': the saga must not exist), new rev, doc, status,
 --       state, saga type, updated_at, outbox messages ('' for none),
---       retention seconds (0: keep), history cap, history entries...
+--       retention seconds (0: keep), history cap, saga id, wake time in ms
+--       ('' for none), history entries...
 if (redis.call('HGET', KEYS[1], 'rev') or '0') ~= ARGV[1] then
   return 0
 end
@@ -15,14 +16,19 @@ if ARGV[8] == '' then
 else
   redis.call('HSET', KEYS[3], 'rev', ARGV[2], 'at', ARGV[7], 'messages', ARGV[8])
 end
-if #ARGV > 10 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 11))
+if ARGV[12] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[11])
+else
+  redis.call('ZADD', KEYS[4], ARGV[12], ARGV[11])
+end
+if #ARGV > 12 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 13))
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[10]), -1)
 end
 local retention = tonumber(ARGV[9])
 if retention > 0 then
-  for _, key in ipairs(KEYS) do
-    redis.call('EXPIRE', key, retention)
+  for i = 1, 3 do
+    redis.call('EXPIRE', KEYS[i], retention)
   end
 end
 return 1

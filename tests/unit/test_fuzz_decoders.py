@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from participants.worker import Worker
@@ -142,6 +142,9 @@ def test_valid_messages_decode(data: st.DataObject) -> None:
     depth=st.integers(min_value=1, max_value=50_000),
     where=st.sampled_from(["top", "data", "payload"]),
 )
+@example(kind=StartSaga, depth=5_000, where="data")
+@example(kind=Command, depth=100_000, where="payload")
+@example(kind=Reply, depth=2_000, where="top")
 def test_deeply_nested_json(kind: type[Any], depth: int, where: str) -> None:
     """A message nested past any sane depth is malformed, not a crash that is retried."""
     nested = deeply_nested(depth)

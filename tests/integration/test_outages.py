@@ -1,0 +1,120 @@
+"""The broker restarts and Redis drops every connection mid-run: the processes reconnect, nothing is lost.
+
+Real processes (orchestrator.fleet) run a few hundred order and trip sagas.
+Part-way, RabbitMQ's application is stopped and started again (its quorum
+queues and persistent messages survive, its connections do not), and later
+Redis kills every connection the orchestrator and participants hold (CLIENT
+KILL by id; other clients of the same Redis are left alone). The processes
+must reconnect by themselves, serve the sagas started after each outage, and
+end every saga as its data says, with the participants' own state agreeing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from redis.asyncio import Redis
+
+from orchestrator.client import SagaClient
+from orchestrator.config import Settings
+from orchestrator.fleet import EXAMPLES
+from tests.integration.chaos import (
+    ChaosFleet,
+    audit,
+    broker_stopped,
+    chunks,
+    dead_letters,
+    kill_redis_clients,
+    plan,
+    queues,
+    start_all,
+    stop,
+    summary,
+    verdict,
+    wait_until_drained,
+    wait_until_ended,
+    when_part_ended,
+)
+from tests.integration.conftest import remove_namespace
+
+SEED = int(os.environ.get("SAGA_CHAOS_SEED", "4242")) + 1
+ORDERS = 240
+TRIPS = 60
+ENDED_WITHIN = 120.0
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def local_services(settings: Settings) -> None:
+    """These outages are made with rabbitmqctl and /proc: the services must run on this machine."""
+    if urlsplit(settings.amqp_url).hostname not in LOCAL or shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs a local RabbitMQ and rabbitmqctl")
+    if urlsplit(settings.redis_url).hostname not in LOCAL or not Path("/proc/net/tcp").exists():
+        pytest.skip("needs a local Redis and Linux /proc")
+
+
+async def test_a_broker_restart_and_lost_redis_connections_lose_nothing(settings: Settings, tmp_path: Path) -> None:
+    local_services(settings)
+    rng = random.Random(SEED)
+    sagas = plan(rng, ORDERS, TRIPS)
+    before_broker, before_redis, after = chunks(sagas, 3)
+    fleet = ChaosFleet(settings, tmp_path / "logs")
+    redis = Redis.from_url(settings.redis_url)
+    redis_port = urlsplit(settings.redis_url).port or 6379
+    client: SagaClient | None = None
+    began = time.monotonic()
+    killed: list[Counter[int]] = []
+    try:
+        await fleet.start_examples()
+        client = await SagaClient.connect(settings)
+
+        await start_all(client, before_broker)
+        in_flight = [await when_part_ended(redis, settings.names, before_broker, rng.uniform(0.05, 0.5))]
+        async with broker_stopped():
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+        back = time.monotonic()
+        await fleet.ready(queues(settings.names), timeout=60)  # every process consumes its queue again
+        reconnected = time.monotonic() - back
+        # The client reconnects too; its starts are retried until it has.
+        await start_all(client, before_redis)
+
+        in_flight.append(await when_part_ended(redis, settings.names, before_redis, rng.uniform(0.05, 0.5)))
+        pids = [p.pid for p in fleet.processes.values()]
+        for _ in range(2):
+            killed.append(await kill_redis_clients(redis, pids, redis_port))
+            await asyncio.sleep(rng.uniform(0.2, 0.8))
+        await start_all(client, after)
+
+        ended, _ = await wait_until_ended(redis, settings.names, sagas, ENDED_WITHIN)
+        await wait_until_drained(settings.amqp_url, queues(settings.names))
+        result = await audit(redis, settings.names, sagas, ended)
+        result.dead_lettered = await dead_letters(settings.amqp_url, settings.names)
+        line = summary(f"outages (seed {SEED})", sagas, result, fleet, time.monotonic() - began)
+        line += f"; broker restarts 1 (all queues consumed again after {reconnected:.1f}s)"
+        line += f", Redis connections killed {' + '.join(str(k.total()) for k in killed)}"
+        line += f"; sagas of the wave still running at the broker stop, the Redis kill: {in_flight}"
+        print(line)
+        assert all(in_flight), f"each outage should hit sagas in flight: {line}"
+        assert all(killed[0][pid] for pid in pids), f"each process should have lost its Redis connections: {killed[0]}"
+        assert all(fleet.alive().values()), f"a process died instead of reconnecting: {fleet.alive()}"
+        assert not result.lost, verdict(line, result, fleet)
+        assert not result.applied_twice, verdict(line, result, fleet)
+        assert not result.wrong_outcome, verdict(line, result, fleet)
+        assert not result.inconsistent, verdict(line, result, fleet)
+        assert not result.dead_lettered, verdict(line, result, fleet)
+        assert not result.unavailable, verdict(line, result, fleet)
+        # A lost connection is the Redis client's to retry (participants/connections.py): no handler sees it.
+        assert not result.handler_raised, verdict(line, result, fleet)
+    finally:
+        if client is not None:
+            await client.close()
+        await redis.aclose()
+        await stop(fleet)
+        await remove_namespace(settings, set(EXAMPLES))
