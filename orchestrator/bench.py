@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -24,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from orchestrator import baseline
 from orchestrator.config import Settings
-from orchestrator.cpu import process_cpu, rabbitmq_pid, redis_cpu, redis_memory
+from orchestrator.cpu import listener_pid, process_cpu, redis_cpu, redis_memory
 from orchestrator.fleet import Fleet
 from orchestrator.namespace import drop
 from orchestrator.report import percentile, step_latencies, table
@@ -196,7 +197,8 @@ async def run_bench(base: Settings, options: Options) -> int:
             + [names.participant_queue(p) for p in PARTICIPANTS]
         )
         pids: dict[str, int | None] = {name: process.pid for name, process in fleet.processes.items()}
-        pids["rabbitmq"] = rabbitmq_pid()
+        pids["rabbitmq"] = listener_pid(settings.amqp_url)
+        pids["bench"] = os.getpid()  # the driver of sagas, the requester of the ring
         cpu = Cpu(pids, redis)
         # Warm up both paths: connections, JIT-free Python caches, queue leaders.
         await drive_sagas(settings, 100, options.in_flight, options.failure_ratio, 0, lambda _: None)
@@ -241,11 +243,9 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
         return _median([percentile(run.latencies, q) * 1000 for run in runs])
 
     steps_per_saga = 3
-    cpu_per_saga: dict[str, float | None] = {}
-    for name in sagas[0].cpu:
-        values = [run.cpu[name] for run in sagas]
-        known = [v / run.count for v, run in zip(values, sagas, strict=True) if v is not None]
-        cpu_per_saga[name] = _median(known) * 1e6 if known else None
+    cpu_per_saga = _cpu_per(sagas)
+    cpu_per_unit = _cpu_per(rings)
+    saga_only = (*PARTICIPANTS, "orchestrator")
     orchestrator_us = cpu_per_saga.get("orchestrator")
     sagas_per_s = _median([run.per_second for run in sagas])
     units_per_s = _median([run.per_second for run in rings])
@@ -263,11 +263,26 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
         "baseline_p50_ms": round(latency(rings, 50), 2),
         "baseline_p99_ms": round(latency(rings, 99), 2),
         "step_p50_ms": {state: round(percentile(v, 50) * 1000, 2) for state, v in sorted(held.items())},
-        "cpu_us_per_saga": {k: None if v is None else round(v) for k, v in cpu_per_saga.items()},
+        "cpu_us_per_saga": cpu_per_saga,
+        "baseline_cpu_us_per_unit": {k: v for k, v in cpu_per_unit.items() if k not in saga_only},
         "orchestrator_cpu_us_per_step": None if orchestrator_us is None else round(orchestrator_us / steps_per_saga),
         "redis_bytes_per_saga": round(_median([run.redis_bytes / run.count for run in sagas])),
         "statuses": sagas[-1].statuses,
     }
+
+
+def _cpu_line(cpu: dict[str, int | None]) -> str:
+    total = sum(v for v in cpu.values() if v is not None)
+    return ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in cpu.items()) + f" (total {total})"
+
+
+def _cpu_per(runs: list[Run]) -> dict[str, int | None]:
+    """Median CPU µs per saga (or unit) of each process, over the runs."""
+    per: dict[str, int | None] = {}
+    for name in runs[0].cpu:
+        known = [used / run.count for run in runs if (used := run.cpu.get(name)) is not None]
+        per[name] = round(_median(known) * 1e6) if known else None
+    return per
 
 
 def _human(report: dict[str, Any]) -> str:
@@ -291,8 +306,8 @@ def _human(report: dict[str, Any]) -> str:
         f"ratio (sagas/s / baseline units/s): {report['ratio']}",
         "",
         "latency per step, p50 ms: " + ", ".join(f"{k} {v}" for k, v in report["step_p50_ms"].items()),
-        "CPU µs per saga: "
-        + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in report["cpu_us_per_saga"].items()),
+        "CPU µs per saga: " + _cpu_line(report["cpu_us_per_saga"]),
+        "CPU µs per baseline unit: " + _cpu_line(report["baseline_cpu_us_per_unit"]),
         f"orchestrator CPU per step: {report['orchestrator_cpu_us_per_step']} µs",
         f"Redis memory per finished saga: {report['redis_bytes_per_saga']} bytes",
         f"outcomes: {report['statuses']}",

@@ -44,6 +44,7 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--redis-url", help="Redis URL (default: $SAGA_REDIS_URL or redis://127.0.0.1:6379/0)")
     parser.add_argument("--namespace", help="prefix of every queue and key (default: $SAGA_NAMESPACE or saga)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def _sagas_flag(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,6 @@ def _sagas_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga", description="Run and inspect sagas over RabbitMQ and Redis.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:

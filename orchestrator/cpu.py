@@ -8,8 +8,10 @@ that cannot be read is None, and reports print "n/a" rather than guess.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 
@@ -27,14 +29,18 @@ def process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def rabbitmq_pid() -> int | None:
-    """The local RabbitMQ node's OS pid (its Erlang VM), if there is one on this machine."""
+def listener_pid(url: str) -> int | None:
+    """The pid of the local process listening on the URL's port (RabbitMQ's Erlang VM), if any."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
     try:
-        found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True, check=False)
+        found = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=False)
     except OSError:
         return None
-    pids = [int(p) for p in found.stdout.split()]
-    return pids[0] if pids else None
+    match = re.search(r"pid=(\d+)", found.stdout)
+    return int(match.group(1)) if match else None
 
 
 async def redis_cpu(redis: Redis) -> float | None:

@@ -23,9 +23,8 @@ credit = Stock("payment", "credit")
 @worker.handler("charge")
 async def charge(ctx: Context) -> dict[str, Any]:
     refuse_if_asked(ctx)
-    customer = ctx.payload["customer_id"]
-    await credit.seed(ctx.redis, ctx.names, {customer: CREDIT_LIMIT})
-    await credit.take(ctx, {customer: int(ctx.payload["amount"])}, "card_declined")
+    amount = {ctx.payload["customer_id"]: int(ctx.payload["amount"])}
+    await credit.take(ctx, amount, "card_declined", default=CREDIT_LIMIT)
     return {"charge_id": ctx.key}
 
 

@@ -45,9 +45,12 @@ class Stock:
             pipe.hsetnx(self.keys(names)[0], field, level)
         await pipe.execute()
 
-    async def take(self, ctx: Context, amounts: Mapping[str, int], refusal: str) -> None:
-        """Take all `amounts` for this step, or raise Failure(`refusal`) naming what is short."""
-        args: list[str | int] = [ctx.key]
+    async def take(self, ctx: Context, amounts: Mapping[str, int], refusal: str, default: int | None = None) -> None:
+        """Take all `amounts` for this step, or raise Failure(`refusal`) naming what is short.
+
+        A field never seen before starts at `default` (None: at 0).
+        """
+        args: list[str | int] = [ctx.key, "" if default is None else default]
         for field, amount in sorted(amounts.items()):
             args += [field, amount]
         taken = await _scripts.call(ctx.redis, "take", self.keys(ctx.names), args)

@@ -1,6 +1,7 @@
 -- Take amounts from a stock, once per entry id, all or nothing.
 -- KEYS: stock hash, entries hash, returns hash
--- ARGV: entry id, then field/amount pairs
+-- ARGV: entry id, the level of a field not seen before ('' for 0), then
+--       field/amount pairs
 -- Returns 1 when taken (now or before), 0 when the entry was given back
 -- already (a late take), or the first field short of stock.
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
@@ -9,14 +10,19 @@ end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return 1
 end
-for i = 2, #ARGV, 2 do
+if ARGV[2] ~= '' then
+  for i = 3, #ARGV, 2 do
+    redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[2])
+  end
+end
+for i = 3, #ARGV, 2 do
   local have = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   if have < tonumber(ARGV[i + 1]) then
     return ARGV[i]
   end
 end
 local taken = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1]))
   taken[ARGV[i]] = tonumber(ARGV[i + 1])
 end
