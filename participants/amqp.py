@@ -29,6 +29,7 @@ from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from participants.acks import Acks
 from participants.connections import connect_amqp
 from statemachines.messages import MalformedMessage
 from statemachines.names import DELIVERY_LIMIT, Names
@@ -92,6 +93,7 @@ class Broker:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._acks = Acks()
 
     @classmethod
     async def open(cls, url: str, names: Names, max_message_bytes: int = MiB) -> Broker:
@@ -149,6 +151,7 @@ class Broker:
         async def guarded(message: AbstractIncomingMessage) -> None:
             self._in_flight += 1
             self._idle.clear()
+            self._acks.started(message)
             try:
                 await self._process(queue, handle, message)
             finally:
@@ -163,8 +166,7 @@ class Broker:
             if len(message.body) > self.max_message_bytes:
                 raise Rejected(f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}")
             await self._patiently(handle, message)
-            with contextlib.suppress(Exception):  # a lost channel redelivers; the handler is idempotent
-                await message.ack()
+            self._acks.finished(message)
             return
         except (Rejected, MalformedMessage) as exc:
             reason = str(exc)
@@ -173,6 +175,7 @@ class Broker:
                 log.warning("%s: processing failed, the message will be redelivered: %r", queue, exc)
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
+                self._acks.abandoned(message)
                 return
             reason = f"processing failed {DELIVERY_LIMIT} times, the last time with {exc!r}"
         log.warning("%s: dead-lettering message %s: %s", queue, message.message_id, reason)
@@ -206,6 +209,7 @@ class Broker:
                 await queue.cancel(tag)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
+        await self._acks.flush()
         for channel, _, _ in consumers:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -247,7 +251,7 @@ class Broker:
         )
         headers = {REASON: reason[:1000], "x-saga-queue": queue, "x-saga-deliveries": delivery_count(message) + 1}
         await self._publish(envelope, headers)
-        await message.ack()
+        self._acks.finished(message)
 
     async def close(self) -> None:
         await self.stop_consuming(drain_timeout=0)
