@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import importlib
 import json
 import logging
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("orchestrator", "run the orchestrator service")
     _sagas_flag(p)
     p.add_argument("--prefetch", type=int, default=256, help="deliveries in flight per queue (default: 256)")
+    p.add_argument("--tick", type=float, default=0.05, help="seconds between looks for due timeouts (default: 0.05)")
 
     p = command("participant", "run a participant worker, e.g. participants.examples.inventory:worker")
     p.add_argument("target", metavar="MODULE:OBJECT")
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failure-ratio", type=float, default=0.1, help="share of sagas failing by design (default: 0.1)")
     p.add_argument("--repeat", type=int, default=1, help="alternate saga and baseline runs this often (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument(
+        "--waiting", type=int, metavar="N", help="measure scale instead: N sagas waiting, memory, timeouts fired"
+    )
     command("bench-responder", argparse.SUPPRESS)
 
     p = command("check", "check that RabbitMQ and Redis answer")
@@ -143,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.service import Orchestrator, Tuning
 
-    await Orchestrator(settings, Registry.from_module(args.sagas), Tuning(prefetch=args.prefetch)).run()
+    if args.prefetch < 1 or args.tick <= 0:
+        raise UsageError("--prefetch must be at least 1 and --tick positive")
+    tuning = Tuning(prefetch=args.prefetch, tick=args.tick)
+    await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
     return EXIT_OK
 
 
@@ -354,8 +362,24 @@ async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.sagas < 1 or args.in_flight < 1 or args.repeat < 1 or not 0 <= args.failure_ratio <= 1:
         raise UsageError("--sagas, --in-flight and --repeat must be at least 1, --failure-ratio within 0..1")
+    if args.waiting is not None:
+        return await _scale(args, settings)
     options = Options(args.sagas, args.in_flight, args.failure_ratio, args.repeat, as_json=args.json)
     return await run_bench(settings, options)
+
+
+async def _scale(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.bench import Progress
+    from orchestrator.scale import human, run_scale
+
+    if args.waiting < 1:
+        raise UsageError("--waiting must be at least 1")
+    say = functools.partial(print, file=sys.stderr) if args.json else print
+    report = await run_scale(settings, args.waiting, args.sagas, args.in_flight, Progress(not args.json), say)
+    say(human(report))
+    if args.json:
+        print(json.dumps(report))
+    return EXIT_OK
 
 
 async def bench_responder(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry  # the asyncio client awaits its retries; redis.retry's would not
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,14 +68,18 @@ async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobust
 
 async def connect_redis(url: str, connect_timeout: float = 5.0) -> Redis:
     """A client that retries on a lost connection (a killed client, a restart)."""
-    client = Redis.from_url(
+    # A burst waits for a free connection rather than failing for want of one.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=64,
+        timeout=30,
         socket_connect_timeout=connect_timeout,
         socket_keepalive=True,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    client = Redis(connection_pool=pool)
     try:
         await client.ping()
     except Exception as exc:
