@@ -208,7 +208,7 @@ class Engine:
     async def sweep(self, grace: float) -> int:
         """Re-publish outboxes older than `grace` seconds that no broker confirmed."""
         count = 0
-        async for saga_id, rev, raw in self.store.pending_outboxes(self.clock() - grace):
+        for saga_id, rev, raw in await self.store.pending_outboxes(self.clock(), grace):
             async with self._locks.hold(saga_id):
                 await self.broker.publish(unpack(raw))
                 await self.store.clear_outboxes([(saga_id, rev)])

@@ -70,11 +70,12 @@ class RedisStore:
             names.history_key(saga_id),
             names.outbox_key(saga_id),
             names.deadline_key(names.deadline_shard(saga_id)),
+            names.outbox_index,
         )
         args = [
             expected_rev, inst.rev, _json.encode(inst), inst.status, inst.state, inst.saga_type, inst.updated_at,
             outbox or b"", retention, HISTORY_CAP, saga_id, "" if wake is None else ms(wake),
-            *(_json.encode(h) for h in history),
+            ms(inst.updated_at), *(_json.encode(h) for h in history),
         ]  # fmt: skip
         return bool(await self.scripts.call(self.redis, "commit", keys, args))
 
@@ -94,17 +95,27 @@ class RedisStore:
     async def clear_outboxes(self, confirmed: Sequence[tuple[str, int]]) -> None:
         """Forget the outboxes the broker confirmed, in one call."""
         if confirmed:
-            keys = [self.names.outbox_key(saga_id) for saga_id, _ in confirmed]
-            await self.scripts.call(self.redis, "clear_outbox", keys, [rev for _, rev in confirmed])
+            keys = [self.names.outbox_index, *(self.names.outbox_key(saga_id) for saga_id, _ in confirmed)]
+            args = [part for saga_id, rev in confirmed for part in (saga_id, rev)]
+            await self.scripts.call(self.redis, "clear_outbox", keys, args)
 
-    async def pending_outboxes(self, older_than: float) -> AsyncIterator[tuple[str, int, bytes]]:
-        """Outboxes written before `older_than` and never confirmed: (saga id, rev, messages)."""
-        prefix = len(self.names.outbox_key("")) - 1
-        async for key in self.redis.scan_iter(match=self.names.outbox_pattern, count=1000):
-            rev, at, messages = await self.redis.hmget(key, "rev", "at", "messages")
-            if rev is None or at is None or messages is None or float(at) > older_than:
+    async def pending_outboxes(self, now: float, grace: float, limit: int = 1000) -> list[tuple[str, int, bytes]]:
+        """Outboxes unconfirmed for `grace` seconds: (saga id, rev, messages).
+
+        They are claimed as deadlines are: moved to `now` in the index, so
+        another orchestrator's sweep leaves them alone for `grace`.
+        """
+        names = self.names
+        claimed = await self.scripts.call(self.redis, "claim", [names.outbox_index], [ms(now - grace), ms(now), limit])
+        found = []
+        for raw in claimed:
+            saga_id = _bytes(raw).decode()
+            rev, messages = await self.redis.hmget(names.outbox_key(saga_id), "rev", "messages")
+            if rev is None or messages is None:  # confirmed meanwhile, or expired with its saga
+                await self.redis.zrem(names.outbox_index, saga_id)
                 continue
-            yield key.decode()[prefix:-1], int(rev), _bytes(messages)
+            found.append((saga_id, int(rev), _bytes(messages)))
+        return found
 
     async def claim_due(self, now: float, lease: float, limit: int) -> list[tuple[str, int]]:
         """Saga ids due by `now`, leased until now+lease: (saga id, lease score)."""

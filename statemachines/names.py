@@ -75,8 +75,9 @@ class Names:
         return f"{self.namespace}:outbox:{{{saga_id}}}"
 
     @property
-    def outbox_pattern(self) -> str:
-        return f"{self.namespace}:outbox:*"
+    def outbox_index(self) -> str:
+        """Sagas with an unconfirmed outbox, by when it was written (ms)."""
+        return f"{self.namespace}:outboxes"
 
     @property
     def saga_pattern(self) -> str:

@@ -1,9 +1,10 @@
 -- Write one saga transition, if nobody has written the saga since we read it.
--- KEYS: saga hash, history list, outbox hash, the saga's deadline shard
+-- KEYS: saga hash, history list, outbox hash, the saga's deadline shard,
+--       the index of unconfirmed outboxes
 -- ARGV: expected rev ('0': the saga must not exist), new rev, doc, status,
---       state, saga type, updated_at, outbox messages ('' for none),
+--       state, saga type, updated_at (s), outbox messages ('' for none),
 --       retention seconds (0: keep), history cap, saga id, wake time in ms
---       ('' for none), history entries...
+--       ('' for none), updated_at in ms, history entries...
 if (redis.call('HGET', KEYS[1], 'rev') or '0') ~= ARGV[1] then
   return 0
 end
@@ -13,16 +14,18 @@ redis.call('HSET', KEYS[1], 'rev', ARGV[2], 'doc', ARGV[3], 'status', ARGV[4],
 -- transition means the saga has moved past whatever an older one sent.
 if ARGV[8] == '' then
   redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[5], ARGV[11])
 else
-  redis.call('HSET', KEYS[3], 'rev', ARGV[2], 'at', ARGV[7], 'messages', ARGV[8])
+  redis.call('HSET', KEYS[3], 'rev', ARGV[2], 'messages', ARGV[8])
+  redis.call('ZADD', KEYS[5], ARGV[13], ARGV[11])
 end
 if ARGV[12] == '' then
   redis.call('ZREM', KEYS[4], ARGV[11])
 else
   redis.call('ZADD', KEYS[4], ARGV[12], ARGV[11])
 end
-if #ARGV > 12 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 13))
+if #ARGV > 13 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 14))
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[10]), -1)
 end
 local retention = tonumber(ARGV[9])
