@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from orchestrator.config import Settings
+from orchestrator.config import BadSetting, Settings
 from orchestrator.registry import DEFAULT_MODULE, Registry, UnknownSaga
 from participants.connections import Unreachable
 from statemachines.messages import TERMINAL
@@ -134,11 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # transitions logs every callback at INFO: thousands of lines a second.
     logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))
-    settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
     handler = COMMANDS[args.command]
     try:
+        settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
         return run(handler(args, settings))
-    except (Unreachable, UsageError, UnknownSaga) as exc:
+    except (Unreachable, UsageError, UnknownSaga, BadSetting) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED
     except KeyboardInterrupt:

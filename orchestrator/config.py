@@ -33,9 +33,31 @@ class Settings:
         redis_url: str | None = None,
         namespace: str | None = None,
     ) -> Settings:
-        """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults."""
+        """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults.
+
+        `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits.
+        """
         return cls(
             amqp_url=amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL,
             redis_url=redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL,
             namespace=namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE,
+            max_message_bytes=_positive("SAGA_MAX_MESSAGE_BYTES", MiB),
+            retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
         )
+
+
+class BadSetting(ValueError):
+    """An environment variable that does not hold what it should."""
+
+
+def _positive(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise BadSetting(f"{name} must be a positive whole number, got {raw!r}")
+    return value

@@ -1,0 +1,36 @@
+"""Settings come from flags, then the environment, then defaults; secrets never show."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import BadSetting, Settings
+from participants.connections import Unreachable, redact
+
+
+def test_flags_win_over_the_environment_which_wins_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGA_AMQP_URL", "amqp://u:p@rabbit:5672/")
+    monkeypatch.setenv("SAGA_NAMESPACE", "shop")
+    monkeypatch.setenv("SAGA_MAX_MESSAGE_BYTES", "2048")
+    monkeypatch.delenv("SAGA_REDIS_URL", raising=False)
+    settings = Settings.from_env(namespace="flagged")
+    assert settings.amqp_url == "amqp://u:p@rabbit:5672/"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.namespace == "flagged"
+    assert settings.max_message_bytes == 2048
+    assert settings.names.start_queue == "flagged.start"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_limit_is_one_sentence_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SAGA_RETENTION_SECONDS", value)
+    with pytest.raises(BadSetting, match="SAGA_RETENTION_SECONDS must be a positive whole number"):
+        Settings.from_env()
+
+
+def test_passwords_are_hidden_in_urls_and_errors() -> None:
+    assert redact("amqps://guest:s3cret@mq.example:5671/vh") == "amqps://guest:***@mq.example:5671/vh"
+    assert redact("rediss://:s3cret@cache:6380/0") == "rediss://:***@cache:6380/0"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    message = str(Unreachable.rabbitmq("amqp://guest:s3cret@mq:5672/", "refused"))
+    assert "s3cret" not in message and "guest:***@mq:5672" in message
