@@ -390,7 +390,7 @@ async def bench_responder(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def check_services(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.services import check
+    from orchestrator.check import check
 
     await check(settings, start=args.start)
     print("RabbitMQ and Redis answer.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import uuid
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.store import RedisStore
 from participants.amqp import Broker, Rejected
 from participants.connections import connect_redis
+from participants.process import serve
 from statemachines.decide import Start
 from statemachines.messages import Reply, StartSaga, decode
 
@@ -81,14 +81,7 @@ class Orchestrator:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            await self.start()
-            await self._stopping.wait()
-        finally:
-            await self.close()
+        await serve(self.start, self.close, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from redis.asyncio import Redis
 
 from participants.amqp import Broker, Envelope
 from participants.connections import connect_redis
+from participants.process import serve
 from participants.scripts import Scripts
 from statemachines.messages import Command, ErrorInfo, Reply, decode, encode
 from statemachines.names import Names
@@ -142,14 +142,7 @@ class Worker:
 
     async def run(self, amqp_url: str, redis_url: str, names: Names, max_message_bytes: int) -> None:
         """Serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        try:
-            await self.start(amqp_url, redis_url, names, max_message_bytes)
-            await self._stopping.wait()
-        finally:
-            await self.close()
+        await serve(lambda: self.start(amqp_url, redis_url, names, max_message_bytes), self.close, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()

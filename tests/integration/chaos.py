@@ -420,6 +420,19 @@ def summary(title: str, sagas: Sequence[Planned], result: Audit, fleet: ChaosFle
     )
 
 
+def assert_nothing_lost(line: str, result: Audit, fleet: ChaosFleet) -> None:
+    """Every saga ended as planned and every participant's books agree with it."""
+    assert all(fleet.alive().values()), f"a process died on its own: {fleet.alive()}"
+    assert not result.lost, verdict(line, result, fleet)
+    assert not result.applied_twice, verdict(line, result, fleet)
+    assert not result.wrong_outcome, verdict(line, result, fleet)
+    assert not result.inconsistent, verdict(line, result, fleet)
+    assert not result.dead_lettered, verdict(line, result, fleet)
+    assert not result.unavailable, verdict(line, result, fleet)
+    # A lost connection is the Redis client's to retry (participants/connections.py): no handler sees it.
+    assert not result.handler_raised, verdict(line, result, fleet)
+
+
 def verdict(line: str, result: Audit, fleet: ChaosFleet, limit: int = 15) -> str:
     """The assertion message: the summary, the first problems, and the tail of each process's log."""
     text = [line, *result.problems[:limit]]

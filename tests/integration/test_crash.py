@@ -29,6 +29,7 @@ from orchestrator.config import Settings
 from orchestrator.fleet import EXAMPLES
 from tests.integration.chaos import (
     ChaosFleet,
+    assert_nothing_lost,
     audit,
     chunks,
     dead_letters,
@@ -37,7 +38,6 @@ from tests.integration.chaos import (
     start_all,
     stop,
     summary,
-    verdict,
     wait_until_drained,
     wait_until_ended,
     when_part_ended,
@@ -100,15 +100,7 @@ async def test_kill_9_loses_no_saga_and_applies_no_command_twice(settings: Setti
         assert sum(1 for n in in_flight if n) >= len(ROUNDS) - 2, f"kills should hit sagas in flight: {line}"
         assert sum(fleet.kills[n] for n in ("orchestrator", "orchestrator-2")) >= 3, line
         assert fleet.kills["payment"] + fleet.kills["inventory"] >= 2, line
-        assert all(fleet.alive().values()), f"a process died on its own: {fleet.alive()}"
-        assert not result.lost, verdict(line, result, fleet)
-        assert not result.applied_twice, verdict(line, result, fleet)
-        assert not result.wrong_outcome, verdict(line, result, fleet)
-        assert not result.inconsistent, verdict(line, result, fleet)
-        assert not result.dead_lettered, verdict(line, result, fleet)
-        assert not result.unavailable, verdict(line, result, fleet)
-        # A lost connection is the Redis client's to retry (participants/connections.py): no handler sees it.
-        assert not result.handler_raised, verdict(line, result, fleet)
+        assert_nothing_lost(line, result, fleet)
     finally:
         if client is not None:
             await client.close()
