@@ -24,7 +24,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
-from aiormq.exceptions import AMQPError
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,7 +40,14 @@ MiB = 1024 * 1024
 log = logging.getLogger("saga.amqp")
 # A service being away says nothing about the message: such errors are waited
 # out in place rather than spending the message's delivery budget.
-OUTAGES = (RedisConnectionError, RedisTimeoutError, AMQPError, ConnectionError, asyncio.TimeoutError)
+OUTAGES = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    AMQPError,
+    ChannelInvalidStateError,  # a RuntimeError, not an AMQPError: the channel died under us
+    ConnectionError,
+    asyncio.TimeoutError,
+)
 
 
 class Rejected(Exception):

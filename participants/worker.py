@@ -15,7 +15,10 @@ What the worker guarantees, so that handlers stay simple:
 - A compensation that arrives before its action (or after it failed)
   succeeds without calling the handler, and the late action is refused.
 - `Failure` becomes a failure reply with its code. Any other exception is
-  retried with backoff; if it persists the reply is a failure `unavailable`.
+  retried with backoff; if it persists the reply is a failure
+  `outcome_unknown`, which the orchestrator treats as a timeout: it retries,
+  and compensates the step should the saga compensate. So a compensation
+  handler must also undo an action that crashed half-way (or never ran).
 - What cannot be decoded is dead-lettered with the reason.
 
 A crash in the middle of a handler can run it again on redelivery, so a
@@ -41,7 +44,7 @@ from participants.amqp import Broker, Envelope
 from participants.connections import connect_redis
 from participants.process import serve
 from participants.scripts import Scripts
-from statemachines.messages import Command, ErrorInfo, Reply, decode, encode
+from statemachines.messages import OUTCOME_UNKNOWN, Command, ErrorInfo, Reply, decode, encode
 from statemachines.names import Names
 
 log = logging.getLogger("saga.participant")
@@ -206,11 +209,13 @@ class Worker:
                 return self._reply(command, _data.decode(record.get("data", "{}"))), {}
             outcome = await self._call(command)
             if isinstance(outcome, ErrorInfo):
-                return self._reply(command, outcome), {"do": "failure"}
+                # A Failure means nothing happened; a crashing handler may have done part of its work.
+                unknown = outcome.code == OUTCOME_UNKNOWN or record.get("do") == "unknown"
+                return self._reply(command, outcome), {"do": "unknown" if unknown else "failure"}
             return self._reply(command, outcome), {"do": "success", "data": _json.encode(outcome).decode()}
         if record.get("compensated"):
             return self._reply(command, {}), {}
-        if record.get("do") != "success":
+        if record.get("do") not in ("success", "unknown"):
             # Nothing happened to undo; recording it refuses the action should it arrive late.
             return self._reply(command, {}), {"compensated": "1"}
         outcome = await self._call(command)
@@ -233,7 +238,7 @@ class Worker:
             except Exception as exc:
                 log.warning("%s %s attempt %d: %r", self.name, command.command, attempt, exc)
                 if attempt == self.transient_attempts:
-                    return ErrorInfo("unavailable", f"{type(exc).__name__}: {exc}")
+                    return ErrorInfo(OUTCOME_UNKNOWN, f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

@@ -18,7 +18,7 @@ from transitions import MachineError
 from statemachines.compiler import CompiledSaga
 from statemachines.dsl import Retry, Saga, Step
 from statemachines.instance import HistoryEntry, SagaInstance
-from statemachines.messages import TERMINAL, Command, ErrorInfo, Reply, SagaEvent
+from statemachines.messages import OUTCOME_UNKNOWN, TERMINAL, Command, ErrorInfo, Reply, SagaEvent
 
 
 class Start(msgspec.Struct, kw_only=True):
@@ -210,7 +210,8 @@ def _apply_reply(compiled: CompiledSaga, inst: SagaInstance, reply: Reply, now: 
         inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data}, error=error)
         return _fire(compiled, inst, "succeeded", now)
     error = reply.error or ErrorInfo("unknown")
-    inst = msgspec.structs.replace(inst, error=error)
+    uncertain = inst.maybe_applied or (error.code == OUTCOME_UNKNOWN and inst.action == "do")
+    inst = msgspec.structs.replace(inst, error=error, maybe_applied=uncertain)
     return _fire(compiled, inst, "failed", now, code=error.code, detail=f"{error.code}: {error.message}")
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from statemachines.messages import OUTCOME_UNKNOWN
+
 if TYPE_CHECKING:
     from statemachines.compiler import CompiledSaga
 
@@ -62,8 +64,8 @@ class Retry:
     The wait before attempt n+1 is `backoff * multiplier**(n-1)`, spread by
     +/- `jitter` (a fraction) and capped at `max_backoff` seconds. A failure
     reply is retried when its error code is in `retry_on` (None: any code);
-    a timeout is always retried while attempts are left, because it says
-    nothing about the participant's answer.
+    a timeout, or a failure whose outcome is unknown, is always retried while
+    attempts are left, because it says nothing about the participant's answer.
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class Retry:
         """Whether attempt number `attempt` may be followed by another one."""
         if attempt >= self.attempts:
             return False
-        return code is None or self.retry_on is None or code in self.retry_on
+        return code in (None, OUTCOME_UNKNOWN) or self.retry_on is None or code in self.retry_on
 
     def delay(self, attempt: int, spread: float) -> float:
         """Seconds to wait after attempt `attempt`; `spread` in [0, 1) places the jitter."""

@@ -20,6 +20,13 @@ TERMINAL: frozenset[str] = frozenset({"completed", "compensated", "stuck"})
 FINAL: frozenset[str] = frozenset({"completed", "compensated"})
 
 
+# The failure code that says "it is not known whether the action happened"
+# (the participant's handler kept crashing): the orchestrator treats it as a
+# timeout, retrying it whatever `retry_on` says and compensating the step
+# should the saga compensate.
+OUTCOME_UNKNOWN = "outcome_unknown"
+
+
 class ErrorInfo(msgspec.Struct, frozen=True):
     code: str
     message: str = ""

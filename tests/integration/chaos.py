@@ -31,7 +31,7 @@ from orchestrator.fleet import EXAMPLES, Fleet
 from orchestrator.store import RedisStore
 from participants.examples import bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
-from statemachines.messages import FINAL, TERMINAL
+from statemachines.messages import FINAL, OUTCOME_UNKNOWN, TERMINAL
 from statemachines.names import Names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,7 +322,7 @@ async def audit(redis: Redis, names: Names, sagas: Sequence[Planned], ended: Map
     store = RedisStore(redis, names)
     for saga in sagas:
         for happened in await store.history(saga.saga_id):
-            if happened.event == "failed" and happened.detail.startswith("unavailable"):
+            if happened.event == "failed" and happened.detail.startswith(OUTCOME_UNKNOWN):
                 result.unavailable.append(f"{saga.saga_id}: {happened.source} failed: {happened.detail}")
 
     taken = {p: await stock.taken(redis, names) for p, stock in STOCKS.items()}
@@ -414,7 +414,7 @@ def summary(title: str, sagas: Sequence[Planned], result: Audit, fleet: ChaosFle
         f"{counts['completed']} completed, {counts['compensated']} compensated), {killed}"
         f"lost {len(result.lost)}, applied twice {len(result.applied_twice)}, "
         f"wrong outcome {len(result.wrong_outcome)}, inconsistent {len(result.inconsistent)}, "
-        f"dead-lettered {result.dead_lettered}, 'unavailable' failures {len(result.unavailable)}, "
+        f"dead-lettered {result.dead_lettered}, 'outcome_unknown' failures {len(result.unavailable)}, "
         f"handler calls {result.handler_calls} (cut short {result.handler_interrupted}, "
         f"raised {len(result.handler_raised)}), {seconds:.1f}s"
     )

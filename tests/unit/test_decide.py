@@ -855,3 +855,30 @@ def test_an_error_is_forgotten_once_its_step_succeeds() -> None:
     harness.advance(1)
     run.succeed()
     assert run.error is None, "a completed step leaves no stale error for `saga show`"
+
+
+def awaited_in(run: SagaRun, harness: SagaHarness) -> float:
+    """Seconds until the saga's backoff ends and it sends again."""
+    assert run.instance is not None and run.instance.due_at is not None
+    return run.instance.due_at - harness.now
+
+
+def test_an_unknown_outcome_is_compensated_like_a_timeout() -> None:
+    harness, run = started()
+    run.succeed()  # reserve
+    for attempt in (1, 2, 3):  # charge: the participant's handler kept crashing, whatever retry_on says
+        if attempt > 1:
+            harness.advance(awaited_in(run, harness))
+        run.fail("outcome_unknown", "ConnectionError: lost Redis")
+    assert [s.attempt for s in run.sent if s.step == "charge" and s.action == "do"] == [1, 2, 3]
+    # Whether charge happened is unknown, so it is refunded before reserve is released.
+    assert compensations(run) == ["refund"]
+    run.succeed()
+    assert compensations(run) == ["refund", "release_stock"]
+
+
+def test_a_business_failure_is_not_compensated() -> None:
+    _, run = started(shop(), DATA)
+    run.succeed()
+    run.fail("card_declined")
+    assert compensations(run) == ["release_stock"]
