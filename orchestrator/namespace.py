@@ -12,14 +12,23 @@ from participants.connections import connect_redis
 
 
 async def drop(settings: Settings, participants: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
-    """Delete the namespace's queues (work, dead-letter, the participants', `queues`), exchanges and keys."""
+    """Delete the namespace's queues, exchanges and keys.
+
+    The queues are those its orchestrators and workers recorded declaring,
+    the usual ones, those of `participants`, and `queues`.
+    """
     names = settings.names
-    every = [names.start_queue, names.reply_queue, names.dead_queue, *queues]
-    every += [names.participant_queue(p) for p in participants]
+    redis = await connect_redis(settings.redis_url)
+    try:
+        declared = {q.decode() if isinstance(q, bytes) else q for q in await redis.smembers(names.queues_key)}
+    finally:
+        await redis.aclose()
+    every = {names.start_queue, names.reply_queue, names.dead_queue, *queues, *declared}
+    every |= {names.participant_queue(p) for p in participants}
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         # A failed delete closes its channel, so each gets a channel of its own.
-        for queue in every:
+        for queue in sorted(every):
             channel = await connection.channel()
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)

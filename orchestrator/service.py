@@ -62,10 +62,12 @@ class Orchestrator:
         except Exception:
             await redis.aclose()
             raise
-        await broker.declare_queue(names.start_queue)
-        await broker.declare_queue(names.reply_queue)
+        queues = [names.start_queue, names.reply_queue]
+        for queue in queues:
+            await broker.declare_queue(queue)
         for participant in sorted(self.registry.participants):
-            await broker.declare_participant(participant)
+            queues.append((await broker.declare_participant(participant)).name)
+        await redis.sadd(names.queues_key, *queues)
         self.engine = Engine(store, broker, self.registry, names)
         self._tasks = [
             asyncio.create_task(self.engine.clear_confirmed(), name="clear-outboxes"),

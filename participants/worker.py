@@ -138,6 +138,7 @@ class Worker:
             await self.redis.aclose()
             raise
         queue = await self.broker.declare_participant(self.name)
+        await self.redis.sadd(names.queues_key, queue.name)
         if self.on_start is not None:
             await self.on_start(self)
         await self.broker.consume(queue.name, self.handle, self.prefetch)

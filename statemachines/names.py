@@ -90,6 +90,11 @@ class Names:
         return crc32(saga_id.encode()) % DEADLINE_SHARDS
 
     @property
+    def queues_key(self) -> str:
+        """Every queue declared in this namespace, so that it can be removed whole."""
+        return f"{self.namespace}:queues"
+
+    @property
     def counters_key(self) -> str:
         return f"{self.namespace}:counters"
 
