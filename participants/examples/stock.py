@@ -38,8 +38,6 @@ class Stock:
 
     async def seed(self, redis: Redis, names: Names, levels: Mapping[str, int]) -> None:
         """Set levels that are not set yet; a restart keeps what is there."""
-        if not _scripts.sha:
-            await _scripts.load(redis)
         pipe = redis.pipeline(transaction=False)
         for field, level in levels.items():
             pipe.hsetnx(self.keys(names)[0], field, level)
