@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from participants.amqp import MiB
 from statemachines.names import DEFAULT_NAMESPACE, Names
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)

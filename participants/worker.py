@@ -171,9 +171,7 @@ class Worker:
             self.names.participant_key(self.name, "step", tag, command.step),
         )
         # Stable while this delivery is retried in place, so it finds its own lock.
-        token = (
-            f"{uuid.uuid4().hex}" if message.delivery_tag is None else f"{command.message_id}:{message.delivery_tag}"
-        )
+        token = f"{command.message_id}:{message.delivery_tag or uuid.uuid4().hex}"
         deadline = asyncio.get_running_loop().time() + self.lock_seconds + 1
         while True:
             begun = await self._scripts.call(self.redis, "begin", keys, [token, int(self.lock_seconds * 1000)])
