@@ -18,7 +18,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from participants.batching import Batcher
+from participants.batching import batcher
 from participants.scripts import Scripts
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import FINAL
@@ -44,14 +44,13 @@ class RedisStore:
         self.names = names
         self.retention = retention_seconds
         self.scripts = Scripts(Path(__file__).parent / "lua")
-        self.batcher = Batcher(redis)
 
     async def connect(self) -> None:
         """Check that Redis answers and load the scripts."""
         await self.scripts.load(self.redis)
 
     async def load(self, saga_id: str) -> SagaInstance | None:
-        doc = await self.batcher.execute("HGET", self.names.saga_key(saga_id), "doc")
+        doc = await batcher(self.redis).execute("HGET", self.names.saga_key(saga_id), "doc")
         return None if doc is None else _instance.decode(doc)
 
     async def commit(

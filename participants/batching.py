@@ -1,61 +1,110 @@
-"""Redis commands issued in one turn of the event loop go out as one pipeline.
+"""Redis commands go out in batches, one batch at a time on one connection.
 
-With many messages in flight, most commands then share their round trip,
-their socket write and their reply read with others, and a burst (a
-thousand due timeouts at once) needs one connection, not a thousand.
+Commands issued while a batch is on the wire wait and leave together as the
+next batch: with many messages in flight, most commands then share their
+round trip, their socket write and their reply read with many others, and a
+burst (a thousand due timeouts at once) needs one connection, not a
+thousand. redis-py's per-call path (pool, lock, timeout, retry wrapper) costs
+more than the command on the hot path, so a batch is written on a connection
+held for good and its replies are read straight off it.
+
+Replies come back raw (no redis-py response callbacks): bytes, ints, lists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+# A lost connection is retried as redis-py's own client would: about 3 s in all.
+RETRIES = 8
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_batchers: weakref.WeakKeyDictionary[Redis, Batcher] = weakref.WeakKeyDictionary()
+
+
+def batcher(redis: Redis) -> Batcher:
+    """The one batcher of this client, so that all its callers share batches."""
+    found = _batchers.get(redis)
+    if found is None:
+        found = _batchers[redis] = Batcher(redis)
+    return found
 
 
 class Batcher:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._pending: list[Pending] | None = None
+        self._pending: list[Pending] = []
+        self._running = False
+        self._connection: AbstractConnection | None = None
 
     async def execute(self, *command: Any) -> Any:
         """Run one raw command (as `Redis.execute_command` takes it) in the next batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._pending is None:
-            self._pending = []
-            loop.call_soon(self._flush)
         self._pending.append((command, future))
+        if not self._running:
+            self._running = True
+            # Started on the next turn, so that the rest of this one joins the batch.
+            loop.call_soon(loop.create_task, self._run())
         return await future
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending or [], None
-        asyncio.get_running_loop().create_task(self._run(pending))
-
-    async def _run(self, pending: list[Pending]) -> None:
+    async def _run(self) -> None:
         try:
-            if len(pending) == 1:
-                results: list[Any] = [await _one(self.redis, pending[0][0])]
-            else:
-                pipe = self.redis.pipeline(transaction=False)
-                for command, _ in pending:
-                    pipe.execute_command(*command)
-                results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:
-            results = [exc] * len(pending)
-        for (_, future), result in zip(pending, results, strict=True):
-            if future.done():  # its caller was cancelled
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._send(batch)
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._running = False
+
+    async def _send(self, batch: list[Pending]) -> list[Any]:
+        delay = 0.02
+        for attempt in range(RETRIES + 1):
+            try:
+                connection = await self._connect()
+                await connection.send_packed_command(
+                    connection.pack_commands([command for command, _ in batch]), check_health=False
+                )
+                return [await _read(connection) for _ in batch]
+            except LOST:
+                if self._connection is not None:
+                    await self._connection.disconnect(nowait=True)
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    async def _connect(self) -> AbstractConnection:
+        if self._connection is None:
+            # Taken from the client's pool and never given back, so that
+            # closing the client closes it too.
+            self._connection = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        if not self._connection.is_connected:
+            await self._connection.connect()
+        return self._connection
 
 
-async def _one(redis: Redis, command: tuple[Any, ...]) -> Any:
+async def _read(connection: AbstractConnection) -> Any:
     try:
-        return await redis.execute_command(*command)  # type: ignore[no-untyped-call]
-    except Exception as exc:
+        return await connection.read_response()
+    except ResponseError as exc:  # a failed command fails alone, not its batch
         return exc

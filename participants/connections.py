@@ -12,6 +12,9 @@ from redis.asyncio.retry import Retry  # the asyncio client awaits its retries; 
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from yarl import URL
+
+from participants.corking import Corked
 
 
 def redact(url: str) -> str:
@@ -58,7 +61,10 @@ async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobust
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
     try:
-        return await aio_pika.connect_robust(url, timeout=connect_timeout)
+        # Built by hand: connect_robust() would put the factory into the URL.
+        connection = aio_pika.RobustConnection(URL(url), transport_factory=Corked())
+        await connection.connect(timeout=connect_timeout)
+        return connection
     except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
         raise Unreachable.rabbitmq(url, _reason(exc)) from None
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from participants.batching import Batcher
+from participants.batching import batcher
 
 
 class Scripts:
@@ -23,7 +23,6 @@ class Scripts:
     def __init__(self, folder: Path) -> None:
         self.source = {path.stem: path.read_text() for path in sorted(folder.glob("*.lua"))}
         self.sha: dict[str, str] = {}
-        self._batchers: dict[Redis, Batcher] = {}
 
     async def load(self, redis: Redis) -> None:
         for name, source in self.source.items():
@@ -34,11 +33,9 @@ class Scripts:
             # Not loaded by this process yet (e.g. a refund is the first thing a
             # restarted payment participant does): load rather than fail.
             await self.load(redis)
-        batcher = self._batchers.get(redis)
-        if batcher is None:
-            batcher = self._batchers[redis] = Batcher(redis)
+        batch = batcher(redis)
         try:
-            return await batcher.execute("EVALSHA", self.sha[script], len(keys), *keys, *args)
+            return await batch.execute("EVALSHA", self.sha[script], len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted and forgot them
             await self.load(redis)
-            return await batcher.execute("EVALSHA", self.sha[script], len(keys), *keys, *args)
+            return await batch.execute("EVALSHA", self.sha[script], len(keys), *keys, *args)
