@@ -247,6 +247,7 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
     cpu_per_unit = _cpu_per(rings)
     saga_only = (*PARTICIPANTS, "orchestrator")
     orchestrator_us = cpu_per_saga.get("orchestrator")
+    requester_us = cpu_per_unit.get("bench")
     sagas_per_s = _median([run.per_second for run in sagas])
     units_per_s = _median([run.per_second for run in rings])
     return {
@@ -266,6 +267,10 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
         "cpu_us_per_saga": cpu_per_saga,
         "baseline_cpu_us_per_unit": {k: v for k, v in cpu_per_unit.items() if k not in saga_only},
         "orchestrator_cpu_us_per_step": None if orchestrator_us is None else round(orchestrator_us / steps_per_saga),
+        # The same job done bare, as a yardstick that travels between machines.
+        "baseline_requester_cpu_us_per_round_trip": (
+            None if requester_us is None else round(requester_us / baseline.ROUND_TRIPS)
+        ),
         "redis_bytes_per_saga": round(_median([run.redis_bytes / run.count for run in sagas])),
         "statuses": sagas[-1].statuses,
     }
@@ -308,7 +313,8 @@ def _human(report: dict[str, Any]) -> str:
         "latency per step, p50 ms: " + ", ".join(f"{k} {v}" for k, v in report["step_p50_ms"].items()),
         "CPU µs per saga: " + _cpu_line(report["cpu_us_per_saga"]),
         "CPU µs per baseline unit: " + _cpu_line(report["baseline_cpu_us_per_unit"]),
-        f"orchestrator CPU per step: {report['orchestrator_cpu_us_per_step']} µs",
+        f"orchestrator CPU per step: {report['orchestrator_cpu_us_per_step']} µs "
+        f"(the baseline's requester: {report['baseline_requester_cpu_us_per_round_trip']} µs per round trip)",
         f"Redis memory per finished saga: {report['redis_bytes_per_saga']} bytes",
         f"outcomes: {report['statuses']}",
     ]

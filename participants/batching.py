@@ -45,6 +45,7 @@ class Batcher:
         self._pending: list[Pending] = []
         self._running = False
         self._connection: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     async def execute(self, *command: Any) -> Any:
         """Run one raw command (as `Redis.execute_command` takes it) in the next batch."""
@@ -53,8 +54,8 @@ class Batcher:
         self._pending.append((command, future))
         if not self._running:
             self._running = True
-            # Started on the next turn, so that the rest of this one joins the batch.
-            loop.call_soon(loop.create_task, self._run())
+            # The task's first step runs on the next turn: the rest of this one joins the batch.
+            self._task = loop.create_task(self._run())
         return await future
 
     async def _run(self) -> None:
