@@ -24,8 +24,9 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
-# A lost connection is retried as redis-py's own client would: about 3 s in all.
-RETRIES = 8
+# A batch whose connection was lost is sent again on a new one; opening it
+# retries with backoff on its own (see connections.connect_redis).
+RETRIES = 3
 LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _batchers: weakref.WeakKeyDictionary[Redis, Batcher] = weakref.WeakKeyDictionary()
