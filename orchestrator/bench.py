@@ -199,6 +199,8 @@ async def run_bench(base: Settings, options: Options) -> int:
         pids: dict[str, int | None] = {name: process.pid for name, process in fleet.processes.items()}
         pids["rabbitmq"] = listener_pid(settings.amqp_url)
         pids["bench"] = os.getpid()  # the driver of sagas, the requester of the ring
+        # For a profiler: py-spy top --pid <pid>
+        say("pids: " + ", ".join(f"{name} {pid}" for name, pid in pids.items()))
         cpu = Cpu(pids, redis)
         # Warm up both paths: connections, JIT-free Python caches, queue leaders.
         await drive_sagas(settings, 100, options.in_flight, options.failure_ratio, 0, lambda _: None)

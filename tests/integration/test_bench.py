@@ -1,0 +1,53 @@
+"""`saga bench` as a user runs it: real processes, a JSON report, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from redis.asyncio import Redis
+
+from orchestrator.config import Settings
+from tests.integration.conftest import saga_command, saga_env
+
+
+def bench(settings: Settings, *args: str) -> tuple[dict[str, object], str]:
+    done = subprocess.run(
+        saga_command("bench", *args, "--json"), env=saga_env(settings), capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    return json.loads(last), done.stderr
+
+
+async def _leftovers(redis: Redis, settings: Settings) -> list[bytes]:
+    return [key async for key in redis.scan_iter(match=f"{settings.namespace}-*", count=1000)]
+
+
+async def test_bench_reports_sagas_against_the_ring_and_cleans_up(settings: Settings, redis: Redis) -> None:
+    report, stderr = bench(settings, "--sagas", "40", "--in-flight", "8", "--failure-ratio", "0.5")
+
+    assert report["sagas"] == 40 and report["in_flight"] == 8
+    assert isinstance(report["sagas_per_s"], float) and report["sagas_per_s"] > 0
+    assert isinstance(report["baseline_units_per_s"], float) and report["baseline_units_per_s"] > 0
+    assert report["ratio"] == round(report["sagas_per_s"] / report["baseline_units_per_s"], 3)
+    assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"]  # type: ignore[operator]
+    statuses = report["statuses"]
+    assert isinstance(statuses, dict) and sum(statuses.values()) == 40
+    assert statuses.get("completed", 0) > 0 and statuses.get("compensated", 0) > 0
+    cpu = report["cpu_us_per_saga"]
+    assert isinstance(cpu, dict) and cpu["orchestrator"] and cpu["inventory"] and cpu["redis"]
+    assert report["orchestrator_cpu_us_per_step"] and report["baseline_requester_cpu_us_per_round_trip"]
+    assert "reserve_inventory" in report["step_p50_ms"]  # type: ignore[operator]
+    assert "ratio (sagas/s / baseline units/s)" in stderr  # the human report goes to stderr with --json
+    assert await _leftovers(redis, settings) == []
+
+
+async def test_bench_waiting_fires_every_parked_timeout(settings: Settings, redis: Redis) -> None:
+    report, _ = bench(settings, "--waiting", "60", "--sagas", "20", "--in-flight", "4")
+
+    assert report["waiting"] == 60
+    assert report["redis_bytes_per_waiting_saga"] > 0  # type: ignore[operator]
+    assert report["sagas_per_s_while_waiting"] > 0  # type: ignore[operator]
+    assert report["seconds_to_fire_all_timeouts"] > 0  # type: ignore[operator]
+    assert await _leftovers(redis, settings) == []
