@@ -60,6 +60,7 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
+        batch: list[Pending] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
@@ -74,8 +75,13 @@ class Batcher:
                         future.set_exception(result)
                     else:
                         future.set_result(result)
+                batch = []
         finally:
             self._running = False
+            # Only a cancelled batcher gets here with callers waiting: they must not wait forever.
+            for _, future in batch + self._pending:
+                future.cancel()
+            self._pending = []
 
     async def _send(self, batch: list[Pending]) -> list[Any]:
         delay = 0.02

@@ -88,3 +88,27 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+SLOW = """
+local began = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - began[1]) * 1000000 + (now[2] - began[2]) > 200000
+return 'slow'
+"""
+
+
+async def test_callers_of_a_batch_cut_short_are_told_and_the_next_gets_its_own_replies(settings: Settings) -> None:
+    client = await connect_redis(settings.redis_url)
+    try:
+        batch = batcher(client)
+        slow = asyncio.ensure_future(batch.execute("EVAL", SLOW, 0))
+        await asyncio.sleep(0.05)  # the script runs in Redis, its reply not yet read
+        assert batch._task is not None
+        batch._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(slow, 5)
+        assert await batch.execute("ECHO", "mine") == b"mine"
+    finally:
+        await client.aclose()
