@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -17,69 +18,61 @@ from participants.batching import batcher
 from participants.connections import connect_redis
 
 
-async def test_many_callers_share_few_batches_and_each_gets_its_own_reply(
-    settings: Settings, redis: Redis, cleanup: set[str]
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Redis]:
+    """A client as the orchestrator and the workers open it."""
+    opened = await connect_redis(settings.redis_url)
+    yield opened
+    await opened.aclose()
+
+
+async def test_many_concurrent_callers_each_get_their_own_reply(
+    settings: Settings, client: Redis, redis: Redis, cleanup: set[str]
 ) -> None:
-    client = await connect_redis(settings.redis_url)
-    try:
-        key = f"{settings.namespace}:counter"
-        replies = await asyncio.gather(*(batcher(client).execute("INCR", key) for _ in range(500)))
-        assert sorted(replies) == list(range(1, 501))
-        assert int(await redis.get(key) or 0) == 500
-    finally:
-        await client.aclose()
+    key = f"{settings.namespace}:counter"
+    replies = await asyncio.gather(*(batcher(client).execute("INCR", key) for _ in range(500)))
+    assert sorted(replies) == list(range(1, 501))
+    assert int(await redis.get(key) or 0) == 500
 
 
-async def test_a_failing_command_fails_alone(settings: Settings, cleanup: set[str]) -> None:
-    client = await connect_redis(settings.redis_url)
-    try:
-        key = f"{settings.namespace}:text"
-        batch = batcher(client)
-        results = await asyncio.gather(
-            batch.execute("SET", key, "a"),
-            batch.execute("INCR", key),  # not a number
-            batch.execute("GET", key),
-            return_exceptions=True,
-        )
-        assert results[0] == b"OK" and results[2] == b"a"
-        assert isinstance(results[1], ResponseError)
-    finally:
-        await client.aclose()
+async def test_a_failing_command_fails_alone(settings: Settings, client: Redis, cleanup: set[str]) -> None:
+    key = f"{settings.namespace}:text"
+    batch = batcher(client)
+    results = await asyncio.gather(
+        batch.execute("SET", key, "a"),
+        batch.execute("INCR", key),  # not a number
+        batch.execute("GET", key),
+        return_exceptions=True,
+    )
+    assert results[0] == b"OK" and results[2] == b"a"
+    assert isinstance(results[1], ResponseError)
 
 
 async def test_a_killed_connection_is_reopened_and_the_batch_sent_again(
-    settings: Settings, redis: Redis, cleanup: set[str]
+    settings: Settings, client: Redis, redis: Redis, cleanup: set[str]
 ) -> None:
-    client = await connect_redis(settings.redis_url)
-    try:
-        key = f"{settings.namespace}:kept"
-        batch = batcher(client)
-        assert await batch.execute("SET", key, "1") == b"OK"
-        held = await batch.execute("CLIENT", "ID")
-        assert await redis.execute_command("CLIENT", "KILL", "ID", held) == 1
-        assert await asyncio.gather(*(batch.execute("GET", key) for _ in range(10))) == [b"1"] * 10
-    finally:
-        await client.aclose()
+    key = f"{settings.namespace}:kept"
+    batch = batcher(client)
+    assert await batch.execute("SET", key, "1") == b"OK"
+    held = await batch.execute("CLIENT", "ID")
+    assert await redis.execute_command("CLIENT", "KILL", "ID", held) == 1
+    assert await asyncio.gather(*(batch.execute("GET", key) for _ in range(10))) == [b"1"] * 10
 
 
 async def test_redis_gone_for_good_fails_the_callers_instead_of_hanging(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    client: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(batching, "RETRIES", 2)
-    client = await connect_redis(settings.redis_url)
-    try:
-        batch = batcher(client)
-        await batch.execute("PING")
-        # Point the held connection at a port where nothing listens.
-        connection = batch._connection
-        assert connection is not None
-        await connection.disconnect()
-        connection.port = _free_port()  # type: ignore[attr-defined]
-        connection.retry = Retry(NoBackoff(), 0)
-        with pytest.raises(RedisConnectionError):
-            await asyncio.wait_for(batch.execute("PING"), 10)
-    finally:
-        await client.aclose()
+    batch = batcher(client)
+    await batch.execute("PING")
+    # Point the held connection at a port where nothing listens.
+    connection = batch._connection
+    assert connection is not None
+    await connection.disconnect()
+    connection.port = _free_port()  # type: ignore[attr-defined]
+    connection.retry = Retry(NoBackoff(), 0)
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(batch.execute("PING"), 10)
 
 
 def _free_port() -> int:
@@ -99,16 +92,12 @@ return 'slow'
 """
 
 
-async def test_callers_of_a_batch_cut_short_are_told_and_the_next_gets_its_own_replies(settings: Settings) -> None:
-    client = await connect_redis(settings.redis_url)
-    try:
-        batch = batcher(client)
-        slow = asyncio.ensure_future(batch.execute("EVAL", SLOW, 0))
-        await asyncio.sleep(0.05)  # the script runs in Redis, its reply not yet read
-        assert batch._task is not None
-        batch._task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(slow, 5)
-        assert await batch.execute("ECHO", "mine") == b"mine"
-    finally:
-        await client.aclose()
+async def test_callers_of_a_batch_cut_short_are_told_and_the_next_gets_its_own_replies(client: Redis) -> None:
+    batch = batcher(client)
+    slow = asyncio.ensure_future(batch.execute("EVAL", SLOW, 0))
+    await asyncio.sleep(0.05)  # the script runs in Redis, its reply not yet read
+    assert batch._task is not None
+    batch._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(slow, 5)
+    assert await batch.execute("ECHO", "mine") == b"mine"
