@@ -56,16 +56,15 @@ class _Held:
         try:
             await lock.acquire()
         except BaseException:
-            self._leave(lock)
+            self._leave()
             raise
 
     async def __aexit__(self, *_: object) -> None:
-        lock, _users = self._locks[self._key]
-        lock.release()
-        self._leave(lock)
+        self._locks[self._key][0].release()
+        self._leave()
 
-    def _leave(self, lock: asyncio.Lock) -> None:
-        _, users = self._locks[self._key]
+    def _leave(self) -> None:
+        lock, users = self._locks[self._key]
         if users == 1:
             del self._locks[self._key]
         else:

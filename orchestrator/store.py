@@ -3,10 +3,10 @@
 Layout (see `statemachines.names`): per saga a hash `<ns>:saga:{id}`, a list
 `<ns>:history:{id}` and, while messages await broker confirmation, a hash
 `<ns>:outbox:{id}`. The braces are a Redis Cluster hash tag, so the commit
-script touches one slot. The deadline index (`<ns>:deadlines:<shard>`,
-scores in ms) lives in other slots, so it is a hint: it is written before
-the commit and checked against the saga itself when it fires, which makes a
-stale or spurious hint harmless and a missing one impossible.
+script touches one slot for the saga. The deadline shard
+(`<ns>:deadlines:<shard>`, scores in ms) and the index of unconfirmed
+outboxes are written by the same script, so a single Redis is needed (not
+a Cluster); a deadline is still checked against the saga when it fires.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from participants.batching import batcher
 class Scripts:
     """The scripts in one folder, loaded once and reloaded when Redis forgot them.
 
-    Calls are batched per loop turn (see `batching`). redis-py's own Script
+    Calls go out in the client's shared batches (see `batching`). redis-py's own Script
     objects check SCRIPT EXISTS before every pipeline, a round trip too dear
     for the hot path.
     """
