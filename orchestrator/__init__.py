@@ -1,1 +1,5 @@
-"""The I/O shell: Redis store, RabbitMQ transport, timers, the service and the CLI."""
+"""The orchestrator's runtime: engine, Redis store (+ Lua), service, client, registry, config.
+
+`cli/` holds the `saga` command, one module per group of subcommands;
+`tools/` the demo, the benchmark and the scale run, which are tooling, not runtime.
+"""

@@ -15,10 +15,10 @@ from typing import Any, Literal, overload
 
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
-from orchestrator.config import Settings
 from orchestrator.store import RedisStore
-from participants.amqp import Broker, Envelope
-from participants.connections import connect_redis
+from participants.edge.amqp import Broker, Envelope
+from participants.edge.connections import connect_redis
+from participants.edge.settings import Settings
 from statemachines.instance import SagaInstance
 from statemachines.messages import TERMINAL, SagaEvent, StartSaga, decode, encode
 

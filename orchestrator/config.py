@@ -1,63 +1,8 @@
-"""Settings from flags or the environment."""
+"""Settings from flags or the environment: `Settings.from_env()`, as the README's client example imports it.
 
-from __future__ import annotations
+They are defined in `participants.edge.settings`, since the workers read the same ones.
+"""
 
-import os
-from dataclasses import dataclass
+from participants.edge.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, BadSetting, Settings
 
-from participants.amqp import MiB
-from statemachines.names import DEFAULT_NAMESPACE, Names
-
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@dataclass(frozen=True)
-class Settings:
-    amqp_url: str = DEFAULT_AMQP_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    namespace: str = DEFAULT_NAMESPACE
-    # Larger messages are dead-lettered unread.
-    max_message_bytes: int = MiB
-    # How long completed and compensated sagas stay readable.
-    retention_seconds: int = 7 * 24 * 3600
-
-    @property
-    def names(self) -> Names:
-        return Names(self.namespace)
-
-    @classmethod
-    def from_env(
-        cls,
-        amqp_url: str | None = None,
-        redis_url: str | None = None,
-        namespace: str | None = None,
-    ) -> Settings:
-        """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults.
-
-        `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits.
-        """
-        return cls(
-            amqp_url=amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL,
-            redis_url=redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL,
-            namespace=namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE,
-            max_message_bytes=_positive("SAGA_MAX_MESSAGE_BYTES", MiB),
-            retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
-        )
-
-
-class BadSetting(ValueError):
-    """An environment variable that does not hold what it should."""
-
-
-def _positive(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise BadSetting(f"{name} must be a positive whole number, got {raw!r}")
-    return value
+__all__ = ["DEFAULT_AMQP_URL", "DEFAULT_REDIS_URL", "BadSetting", "Settings"]

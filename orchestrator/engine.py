@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
-from participants.amqp import Broker, Envelope, pack, unpack
+from participants.edge.amqp import Broker, Envelope, pack, unpack
 from statemachines.decide import Decision, Due, Event, Start, decide
 from statemachines.dsl import Saga
 from statemachines.instance import SagaInstance

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import aio_pika
 
-from orchestrator.config import Settings
-from participants.connections import connect_redis
+from participants.edge.connections import connect_redis
+from participants.edge.settings import Settings
 
 
 async def drop(settings: Settings, participants: Iterable[str] = (), queues: Iterable[str] = ()) -> None:

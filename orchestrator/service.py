@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from orchestrator.config import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.store import RedisStore
-from participants.amqp import Broker, Rejected
-from participants.connections import connect_redis
-from participants.process import serve
+from participants.edge.amqp import Broker, Rejected
+from participants.edge.connections import connect_redis
+from participants.edge.process import serve
+from participants.edge.settings import Settings
 from statemachines.decide import Start
 from statemachines.messages import Reply, StartSaga, decode
 

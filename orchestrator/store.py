@@ -18,8 +18,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from participants.batching import batcher
-from participants.scripts import Scripts
+from participants.edge.batching import batcher
+from participants.edge.scripts import Scripts
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import FINAL
 from statemachines.names import DEADLINE_SHARDS, Names

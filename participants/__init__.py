@@ -1,1 +1,4 @@
-"""The participants SDK: a worker that answers saga commands, and example participants."""
+"""The participants SDK: a worker that answers saga commands (`worker`), and example participants.
+
+`edge/` is the RabbitMQ and Redis edge it shares with the orchestrator.
+"""

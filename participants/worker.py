@@ -40,10 +40,11 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
-from participants.amqp import Broker, Envelope
-from participants.connections import connect_redis
-from participants.process import serve
-from participants.scripts import Scripts
+from participants.edge.amqp import Broker, Envelope
+from participants.edge.connections import connect_redis
+from participants.edge.process import serve
+from participants.edge.scripts import Scripts
+from participants.edge.settings import Settings
 from statemachines.messages import OUTCOME_UNKNOWN, Command, ErrorInfo, Reply, decode, encode
 from statemachines.names import Names
 
@@ -128,12 +129,12 @@ class Worker:
 
         return register
 
-    async def start(self, amqp_url: str, redis_url: str, names: Names, max_message_bytes: int) -> None:
-        self.names = names
-        self.redis = await connect_redis(redis_url)
+    async def start(self, settings: Settings) -> None:
+        self.names = names = settings.names
+        self.redis = await connect_redis(settings.redis_url)
         await self._scripts.load(self.redis)
         try:
-            self.broker = await Broker.open(amqp_url, names, max_message_bytes)
+            self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes)
         except Exception:
             await self.redis.aclose()
             raise
@@ -144,9 +145,9 @@ class Worker:
         await self.broker.consume(queue.name, self.handle, self.prefetch)
         log.info("participant %r up: queue %s, commands %s", self.name, queue.name, sorted(self.handlers))
 
-    async def run(self, amqp_url: str, redis_url: str, names: Names, max_message_bytes: int) -> None:
+    async def run(self, settings: Settings) -> None:
         """Serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
-        await serve(lambda: self.start(amqp_url, redis_url, names, max_message_bytes), self.close, self._stopping)
+        await serve(lambda: self.start(settings), self.close, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -3,6 +3,7 @@
 Nothing in this package does I/O or reads the clock.
 """
 
+from statemachines.compiler import CompiledSaga, compiled
 from statemachines.decide import Abort, Decision, Due, Event, Resume, Start, decide
 from statemachines.dsl import Retry, Saga, SagaDefinitionError, Step
 from statemachines.harness import SagaHarness, SagaRun
@@ -13,6 +14,7 @@ from statemachines.names import Names
 __all__ = [
     "Abort",
     "Command",
+    "CompiledSaga",
     "Decision",
     "Due",
     "ErrorInfo",
@@ -31,5 +33,6 @@ __all__ = [
     "Start",
     "StartSaga",
     "Step",
+    "compiled",
     "decide",
 ]

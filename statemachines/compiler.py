@@ -11,21 +11,20 @@ passed), `expired` (the saga's own deadline, only where one is declared),
 payload could not be built: the saga is stuck until the code is fixed).
 
 The machine's callbacks only record decisions on the model (see
-`decide.Run`); conditions read the model. Nothing here does I/O.
+`statemachines.run.Run`); conditions read the model. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from transitions import EventData, Machine, State
 
+from statemachines.dsl import Saga
 from statemachines.messages import Status
-
-if TYPE_CHECKING:
-    from statemachines.decide import Run
-    from statemachines.dsl import Saga
+from statemachines.run import Run
 
 NEW, COMPLETED, COMPENSATED, STUCK = "new", "completed", "compensated", "stuck"
 TRIGGERS = ("start", "succeeded", "failed", "timed_out", "resend", "expired", "abort", "resume", "fault")
@@ -39,7 +38,7 @@ def compensating(step: str) -> str:
 
 
 def _run(event: EventData) -> Run:
-    return cast("Run", event.model)
+    return cast(Run, event.model)
 
 
 @dataclass
@@ -53,6 +52,16 @@ class CompiledSaga:
     def state_for(self, index: int, action: str) -> str:
         name = self.saga.steps[index].name
         return name if action == "do" else compensating(name)
+
+
+_compiled: weakref.WeakKeyDictionary[Saga, CompiledSaga] = weakref.WeakKeyDictionary()
+
+
+def compiled(saga: Saga) -> CompiledSaga:
+    """The saga's machine, built on first use and kept for the saga's life."""
+    if saga not in _compiled:
+        _compiled[saga] = compile_saga(saga)
+    return _compiled[saga]
 
 
 def compile_saga(saga: Saga) -> CompiledSaga:

@@ -8,17 +8,17 @@ first persists and publishes what it returns, the second keeps it in memory.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from transitions import MachineError
 
-from statemachines.compiler import CompiledSaga
-from statemachines.dsl import Retry, Saga, Step
+from statemachines.compiler import CompiledSaga, compiled
+from statemachines.dsl import Saga
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import OUTCOME_UNKNOWN, TERMINAL, Command, ErrorInfo, Reply, SagaEvent
+from statemachines.run import PayloadError, Run
 
 
 class Start(msgspec.Struct, kw_only=True):
@@ -56,105 +56,13 @@ class Decision:
     note: str = ""
 
 
-class PayloadError(Exception):
-    """A step's payload builder raised: a bug in the saga definition."""
-
-
-class Run:
-    """The model a trigger is fired on: the instance plus what callbacks decide."""
-
-    def __init__(self, saga: Saga, inst: SagaInstance, now: float, code: str | None = None) -> None:
-        self.saga = saga
-        self.inst = inst
-        self.now = now
-        # The failure code of the event being applied; None for a timeout.
-        self.code = code
-        self.commands: list[Command] = []
-        self.resume_state: str | None = None
-        self.state: str = inst.state
-
-    def _step(self) -> Step:
-        assert self.inst.step is not None
-        return self.saga.step(self.inst.step)
-
-    def _policy(self) -> Retry:
-        step = self._step()
-        return step.retry if self.inst.action == "do" else step.compensation_retry
-
-    def may_retry(self) -> bool:
-        return self._policy().retries(self.inst.attempt, self.code)
-
-    def send(self, index: int, action: str) -> None:
-        """Enter a step state: the first attempt of its command."""
-        inst = self.inst
-        inst.step = self.saga.steps[index].name
-        inst.action = "do" if action == "do" else "compensate"
-        inst.attempt = 1
-        # Resuming a stuck step keeps what is known of its earlier attempts:
-        # one that timed out may still have happened.
-        if self.resume_state is None:
-            inst.maybe_applied = False
-        pivot = self.saga.pivot_index
-        if action != "do" or (pivot is not None and index > pivot):
-            inst.deadline = None
-        self._emit()
-
-    def send_again(self) -> None:
-        self.inst.attempt += 1
-        self._emit()
-
-    def _emit(self) -> None:
-        inst = self.inst
-        step = self._step()
-        try:
-            payload = step.build_payload(inst.data)
-        except Exception as exc:
-            raise PayloadError(f"payload of step {step.name!r} could not be built: {exc!r}") from exc
-        command = step.command if inst.action == "do" else step.compensation
-        assert command is not None
-        inst.awaiting = f"{inst.saga_id}:{inst.rev}"
-        inst.waiting = "reply"
-        inst.due_at = self.now + step.timeout
-        self.commands.append(
-            Command(
-                message_id=inst.awaiting,
-                saga_id=inst.saga_id,
-                saga_type=inst.saga_type,
-                step=step.name,
-                action=inst.action,
-                command=command,
-                attempt=inst.attempt,
-                payload=payload,
-                reply_to="",  # the engine knows the reply queue; decide does not
-                deadline=inst.due_at,
-            )
-        )
-
-    def schedule_retry(self) -> None:
-        inst = self.inst
-        # Seeded by the attempt itself, so the jitter is random across sagas
-        # yet decide stays a pure function.
-        spread = random.Random(f"{inst.saga_id}:{inst.step}:{inst.action}:{inst.attempt}").random()
-        delay = self._policy().delay(inst.attempt, spread)
-        if delay <= 0:
-            self.send_again()
-            return
-        inst.awaiting = None
-        inst.waiting = "backoff"
-        inst.due_at = self.now + delay
-
-    def finish(self) -> None:
-        inst = self.inst
-        inst.awaiting = inst.waiting = inst.due_at = inst.deadline = None
-
-
 def new_instance(saga: Saga, saga_id: str) -> SagaInstance:
     return SagaInstance(saga_id=saga_id, saga_type=saga.name, definition_version=saga.version)
 
 
 def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) -> Decision:
     """Apply `event` to `instance` (None: the saga does not exist yet) at time `now`."""
-    compiled = saga.compiled
+    flow = compiled(saga)
     if isinstance(event, Start):
         if instance is not None:
             return Decision(instance, note="duplicate start: the saga exists already")
@@ -169,22 +77,22 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
         instance.reply_to = event.reply_to
         instance.created_at = now
         instance.deadline = now + saga.deadline if saga.deadline else None
-        return _fire(compiled, instance, "start", now)
+        return _fire(flow, instance, "start", now)
     if instance is None:
         return Decision(None, note="unknown saga")
     if isinstance(event, Reply):
-        return _apply_reply(compiled, instance, event, now)
+        return _apply_reply(flow, instance, event, now)
     if isinstance(event, Due):
-        return _apply_due(compiled, instance, now)
+        return _apply_due(flow, instance, now)
     if isinstance(event, Resume):
         if instance.status != "stuck":
             return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
-        return _fire(compiled, instance, "resume", now)
+        return _fire(flow, instance, "resume", now)
     if instance.status == "running" or (instance.status == "stuck" and instance.action == "do"):
         # The reason travels with the compensating/compensated events, like a
         # failure's error does; a refused abort leaves the instance as it was.
         aborted = msgspec.structs.replace(instance, error=ErrorInfo("aborted", event.reason))
-        decision = _fire(compiled, aborted, "abort", now, detail=event.reason)
+        decision = _fire(flow, aborted, "abort", now, detail=event.reason)
         if decision.changed:
             return decision
         # Abort applies in every forward state up to the pivot; refused, the saga is past it.
@@ -199,7 +107,7 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
     return Decision(instance, note=f"saga is {instance.status}: nothing to compensate")
 
 
-def _apply_reply(compiled: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
+def _apply_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
     if reply.in_reply_to != inst.awaiting or reply.step != inst.step or reply.action != inst.action:
         why = "duplicate or late" if inst.awaiting is None else f"the saga awaits {inst.awaiting}"
         return _unchanged(inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: {why}")
@@ -208,28 +116,28 @@ def _apply_reply(compiled: CompiledSaga, inst: SagaInstance, reply: Reply, now: 
         # keeps the error that made the saga compensate.
         error = None if inst.action == "do" else inst.error
         inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data}, error=error)
-        return _fire(compiled, inst, "succeeded", now)
+        return _fire(flow, inst, "succeeded", now)
     error = reply.error or ErrorInfo("unknown")
     uncertain = inst.maybe_applied or (error.code == OUTCOME_UNKNOWN and inst.action == "do")
     inst = msgspec.structs.replace(inst, error=error, maybe_applied=uncertain)
-    return _fire(compiled, inst, "failed", now, code=error.code, detail=f"{error.code}: {error.message}")
+    return _fire(flow, inst, "failed", now, code=error.code, detail=f"{error.code}: {error.message}")
 
 
-def _apply_due(compiled: CompiledSaga, inst: SagaInstance, now: float) -> Decision:
+def _apply_due(flow: CompiledSaga, inst: SagaInstance, now: float) -> Decision:
     if inst.status in TERMINAL:
         return Decision(inst, note=f"saga is {inst.status}")
     if inst.deadline is not None and now >= inst.deadline and inst.status == "running":
         error = ErrorInfo("expired", f"saga deadline passed at step {inst.step!r}")
         inst = msgspec.structs.replace(inst, error=error)
-        return _fire(compiled, inst, "expired", now, detail=error.message)
+        return _fire(flow, inst, "expired", now, detail=error.message)
     if inst.due_at is None or now < inst.due_at:
         return Decision(inst, note="nothing is due yet")
     if inst.waiting == "backoff":
-        return _fire(compiled, inst, "resend", now)
-    step = compiled.saga.step(inst.step or "")
+        return _fire(flow, inst, "resend", now)
+    step = flow.saga.step(inst.step or "")
     error = ErrorInfo("timeout", f"no reply to attempt {inst.attempt} within {step.timeout:g}s")
     inst = msgspec.structs.replace(inst, error=error, maybe_applied=inst.maybe_applied or inst.action == "do")
-    return _fire(compiled, inst, "timed_out", now, detail=error.message)
+    return _fire(flow, inst, "timed_out", now, detail=error.message)
 
 
 def _unchanged(inst: SagaInstance, now: float, event: str, detail: str) -> Decision:
@@ -247,17 +155,17 @@ def _unchanged(inst: SagaInstance, now: float, event: str, detail: str) -> Decis
 
 
 def _fire(
-    compiled: CompiledSaga, old: SagaInstance, trigger: str, now: float, code: str | None = None, detail: str = ""
+    flow: CompiledSaga, old: SagaInstance, trigger: str, now: float, code: str | None = None, detail: str = ""
 ) -> Decision:
     inst = msgspec.structs.replace(old, rev=old.rev + 1, updated_at=now)
-    run = Run(compiled.saga, inst, now, code)
+    run = Run(flow.saga, inst, now, code)
     if old.status == "stuck":
         assert inst.step is not None
-        run.resume_state = compiled.state_for(compiled.saga.index(inst.step), inst.action)
+        run.resume_state = flow.state_for(flow.saga.index(inst.step), inst.action)
     # The model is fired through the machine's Event directly: add_model would
     # bind every trigger and state helper onto it for one use (most of
     # decide's cost), and nothing here needs those helpers.
-    events = compiled.machine.events
+    events = flow.machine.events
     try:
         fired = events[trigger].trigger(run)
     except MachineError:
@@ -271,7 +179,7 @@ def _fire(
     if not fired:
         return Decision(old, note=f"no transition for {trigger!r} in state {old.state!r}")
     inst.state = run.state
-    inst.status = compiled.status_of[run.state]
+    inst.status = flow.status_of[run.state]
     # The entry names the step the event was about: a reply's or a timeout's
     # is the step the saga was in; a (re)send's is the step it sends to.
     about = inst if trigger in ("start", "resend", "resume", "fault") else old

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from statemachines.messages import OUTCOME_UNKNOWN
-
-if TYPE_CHECKING:
-    from statemachines.compiler import CompiledSaga
 
 Payload = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
@@ -290,13 +286,6 @@ class Saga:
 
     def index(self, name: str) -> int:
         return self.steps.index(self.step(name))
-
-    @cached_property
-    def compiled(self) -> CompiledSaga:
-        """The saga as a `transitions` state machine, built once."""
-        from statemachines.compiler import compile_saga
-
-        return compile_saga(self)
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={[s.name for s in self.steps]})"

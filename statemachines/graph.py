@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from statemachines.compiler import NEW, OPERATOR_TRIGGERS, TRIGGERS
+from statemachines.compiler import NEW, OPERATOR_TRIGGERS, TRIGGERS, compiled
 from statemachines.dsl import Saga
 from statemachines.messages import TERMINAL
 
@@ -108,7 +108,7 @@ def dot(saga: Saga, *, path: Sequence[str] | None = None, operator_triggers: boo
 
 
 def _graph(saga: Saga, path: Sequence[str] | None, operator_triggers: bool) -> _Graph:
-    machine = saga.compiled.machine
+    machine = compiled(saga).machine
     states = list(machine.states)
     visits = list(path or ())
     unknown = sorted(set(visits) - set(states))
@@ -147,7 +147,7 @@ def _graph(saga: Saga, path: Sequence[str] | None, operator_triggers: bool) -> _
     # its guards are tried in.
     order = {state: index for index, state in enumerate(states)}
     edges.sort(key=lambda e: order[e.source])
-    status = saga.compiled.status_of
+    status = compiled(saga).status_of
     return _Graph(
         states=states,
         initial=machine.initial or NEW,
@@ -170,9 +170,9 @@ def _in_order(triggers: list[str]) -> tuple[str, ...]:
 
 def _label(saga: Saga, state: str) -> list[str]:
     """Lines describing a state: the step, who does what, and its time budget."""
-    if state not in saga.compiled.step_states:
+    if state not in compiled(saga).step_states:
         return [state]
-    index, action = saga.compiled.step_states[state]
+    index, action = compiled(saga).step_states[state]
     step = saga.steps[index]
     if action == "do":
         title, command, retry = (f"{state} (pivot)" if step.pivot else state), step.command, step.retry

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from participants.scripts import Scripts
+from participants.edge.scripts import Scripts
 from participants.worker import Context, Failure
 from statemachines.names import Names
 

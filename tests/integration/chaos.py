@@ -27,8 +27,8 @@ import aio_pika
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
-from orchestrator.fleet import EXAMPLES, Fleet
 from orchestrator.store import RedisStore
+from orchestrator.tools.fleet import EXAMPLES, Fleet
 from participants.examples import bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
 from statemachines.messages import FINAL, OUTCOME_UNKNOWN, TERMINAL
@@ -429,7 +429,7 @@ def assert_nothing_lost(line: str, result: Audit, fleet: ChaosFleet) -> None:
     assert not result.inconsistent, verdict(line, result, fleet)
     assert not result.dead_lettered, verdict(line, result, fleet)
     assert not result.unavailable, verdict(line, result, fleet)
-    # A lost connection is the Redis client's to retry (participants/connections.py): no handler sees it.
+    # A lost connection is the Redis client's to retry (participants/edge/connections.py): no handler sees it.
     assert not result.handler_raised, verdict(line, result, fleet)
 
 

@@ -27,10 +27,10 @@ import pytest
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
-from orchestrator.config import Settings
 from orchestrator.namespace import drop
 from orchestrator.registry import Registry
 from orchestrator.service import Orchestrator, Tuning
+from participants.edge.settings import Settings
 from participants.worker import Worker
 from statemachines.dsl import Saga
 from statemachines.names import Names
@@ -168,7 +168,7 @@ async def running(
         for _ in range(orchestrators):
             await stack.add_orchestrator(tuning)
         for worker in workers:
-            await worker.start(settings.amqp_url, settings.redis_url, settings.names, settings.max_message_bytes)
+            await worker.start(settings)
             stack.workers.append(worker)
         yield stack
     finally:

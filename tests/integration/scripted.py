@@ -21,8 +21,8 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
-from orchestrator.config import Settings
 from orchestrator.store import RedisStore
+from participants.edge.settings import Settings
 from participants.worker import Context, Failure, Worker
 from statemachines.dsl import Saga
 from statemachines.instance import HistoryEntry, SagaInstance

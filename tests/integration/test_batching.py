@@ -12,10 +12,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from orchestrator.config import Settings
-from participants import batching
-from participants.batching import batcher
-from participants.connections import connect_redis
+from participants.edge import batching
+from participants.edge.batching import batcher
+from participants.edge.connections import connect_redis
+from participants.edge.settings import Settings
 
 
 @pytest.fixture

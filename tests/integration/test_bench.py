@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from redis.asyncio import Redis
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 from tests.integration.conftest import saga_command, saga_env
 
 

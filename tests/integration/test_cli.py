@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings
 from orchestrator.store import RedisStore
-from participants.connections import connect_redis
+from participants.edge.connections import connect_redis
+from participants.edge.settings import Settings
 from tests.integration.conftest import remove_namespace, saga_command, saga_env, spawn
 from tests.integration.test_end_to_end import order
 

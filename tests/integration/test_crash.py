@@ -1,7 +1,7 @@
 """kill -9, again and again, with hundreds of sagas in flight: nothing is lost, nothing is applied twice.
 
 The orchestrator and the six example participants run as real processes
-(orchestrator.fleet). Waves of order and trip sagas, about 30% of them told
+(orchestrator.tools.fleet). Waves of order and trip sagas, about 30% of them told
 to fail at a random step, are started while the orchestrator (one of two,
 for part of the run) and the payment and inventory participants are killed
 with SIGKILL at random moments and restarted. At the end every saga must be
@@ -25,8 +25,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
-from orchestrator.config import Settings
-from orchestrator.fleet import EXAMPLES
+from orchestrator.tools.fleet import EXAMPLES
+from participants.edge.settings import Settings
 from tests.integration.chaos import (
     ChaosFleet,
     assert_nothing_lost,

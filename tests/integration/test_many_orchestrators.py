@@ -23,9 +23,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
-from orchestrator.config import Settings
-from orchestrator.fleet import EXAMPLES, Fleet
 from orchestrator.store import RedisStore
+from orchestrator.tools.fleet import EXAMPLES, Fleet
+from participants.edge.settings import Settings
 from participants.examples import inventory, payment
 from participants.examples.stock import Stock
 from statemachines.dsl import Saga

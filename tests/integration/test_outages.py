@@ -1,6 +1,6 @@
 """The broker restarts and Redis drops every connection mid-run: the processes reconnect, nothing is lost.
 
-Real processes (orchestrator.fleet) run a few hundred order and trip sagas.
+Real processes (orchestrator.tools.fleet) run a few hundred order and trip sagas.
 Part-way, RabbitMQ's application is stopped and started again (its quorum
 queues and persistent messages survive, its connections do not), and later
 Redis kills every connection the orchestrator and participants hold (CLIENT
@@ -24,8 +24,8 @@ import pytest
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
-from orchestrator.config import Settings
-from orchestrator.fleet import EXAMPLES
+from orchestrator.tools.fleet import EXAMPLES
+from participants.edge.settings import Settings
 from tests.integration.chaos import (
     ChaosFleet,
     assert_nothing_lost,

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Sequence
 from typing import cast
 
-from orchestrator.config import Settings
 from orchestrator.engine import Engine
-from participants.amqp import Broker, Envelope, pack
+from participants.edge.amqp import Broker, Envelope, pack
+from participants.edge.settings import Settings
 from statemachines.decide import Start, decide
 from statemachines.dsl import Saga, Step
 from statemachines.sagas import order as order_saga
@@ -95,7 +95,7 @@ async def test_a_command_published_twice_by_the_sweep_runs_the_handler_once(
         worker.act("ship", {"tracking": "t-1"})
         worker.act("unship")
         worker.act("sign")
-        await worker.start(settings.amqp_url, settings.redis_url, settings.names, settings.max_message_bytes)
+        await worker.start(settings)
         stack.workers.append(worker)
 
         done = await eventually(lambda: loaded(engine.store, saga_id, lambda i: i.status == "completed"))

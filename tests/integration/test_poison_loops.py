@@ -15,7 +15,7 @@ from typing import Any
 
 import aio_pika
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 from participants.worker import Context
 from statemachines.dsl import Saga, Step
 from statemachines.messages import Command, Reply, decode

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 from participants.worker import Context, Failure
 from statemachines.dsl import Retry, Saga, Step
 from statemachines.messages import ErrorInfo
@@ -142,7 +142,7 @@ async def test_saga_compensate_forces_a_saga_waiting_on_a_slow_participant_to_co
 
         # The hotel comes up: it books (the answer is too late to count), then undoes the booking.
         worker = hotel()
-        await worker.start(settings.amqp_url, settings.redis_url, settings.names, settings.max_message_bytes)
+        await worker.start(settings)
         stack.workers.append(worker)
         done = await eventually(lambda: loaded(store, saga_id, lambda i: i.status == "compensated"))
         assert done.error == ErrorInfo("aborted", "compensation forced by an operator")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 from statemachines.dsl import Retry, Saga, Step
 from statemachines.messages import Command, ErrorInfo
 from tests.integration.conftest import eventually, running

@@ -13,10 +13,10 @@ import dataclasses
 import time
 import uuid
 
-from orchestrator.config import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry
-from participants.amqp import Broker
+from participants.edge.amqp import Broker
+from participants.edge.settings import Settings
 from statemachines.decide import Start
 from statemachines.dsl import Retry, Saga, Step
 from tests.integration.conftest import FAST, eventually, running

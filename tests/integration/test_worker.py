@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 from participants.worker import Context, Worker
 from statemachines.dsl import Retry, Saga, Step
 from tests.integration.conftest import running

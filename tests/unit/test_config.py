@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import BadSetting, Settings
-from participants.connections import Unreachable, redact
+from participants.edge.connections import Unreachable, redact
+from participants.edge.settings import BadSetting, Settings
 
 
 def test_flags_win_over_the_environment_which_wins_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from participants.corking import cork
+from participants.edge.corking import cork
 
 
 class Transport:

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from transitions import Machine
 
-from statemachines import Retry, Saga, SagaDefinitionError, Step
+from statemachines import Retry, Saga, SagaDefinitionError, Step, compiled
 from statemachines.sagas import order
 
 
@@ -252,9 +252,9 @@ def shop(**options: Any) -> Saga:
 
 def test_a_valid_saga_compiles_to_a_transitions_machine() -> None:
     saga = shop()
-    machine = saga.compiled.machine
+    machine = compiled(saga).machine
     assert isinstance(machine, Machine)
-    assert saga.compiled is saga.compiled  # built once
+    assert compiled(saga) is compiled(saga)  # built once
     assert set(machine.states) == {
         "new",
         "reserve",
@@ -271,20 +271,20 @@ def test_a_valid_saga_compiles_to_a_transitions_machine() -> None:
 
 
 def test_the_machine_has_no_auto_transitions() -> None:
-    machine = shop().compiled.machine
+    machine = compiled(shop()).machine
     assert machine.auto_transitions is False
     assert not [name for name in machine.events if name.startswith("to_")]
     assert set(machine.events) == {"start", "succeeded", "failed", "timed_out", "resend", "abort", "resume", "fault"}
 
 
 def test_expired_is_a_trigger_only_when_a_deadline_is_declared() -> None:
-    assert "expired" not in shop().compiled.machine.events
-    assert "expired" in shop(deadline=60).compiled.machine.events
+    assert "expired" not in compiled(shop()).machine.events
+    assert "expired" in compiled(shop(deadline=60)).machine.events
 
 
 def test_the_shipped_order_saga_compiles() -> None:
-    compiled = order.compiled
-    assert set(compiled.machine.states) == {
+    machine = compiled(order)
+    assert set(machine.machine.states) == {
         "new",
         "reserve_inventory",
         "compensating_reserve_inventory",
@@ -295,6 +295,6 @@ def test_the_shipped_order_saga_compiles() -> None:
         "compensated",
         "stuck",
     }
-    assert compiled.step_states["compensating_charge_payment"] == (1, "compensate")
-    assert compiled.status_of["create_shipment"] == "running"
-    assert compiled.status_of["compensating_reserve_inventory"] == "compensating"
+    assert machine.step_states["compensating_charge_payment"] == (1, "compensate")
+    assert machine.status_of["create_shipment"] == "running"
+    assert machine.status_of["compensating_reserve_inventory"] == "compensating"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.graphviz import GraphvizError, GraphvizMissing, render
+from statemachines.compiler import compiled
 from statemachines.dsl import Saga, Step
 from statemachines.graph import dot, mermaid
 from statemachines.harness import SagaHarness
@@ -57,7 +58,7 @@ def dot_edges(text: str) -> dict[tuple[str, str, str], str]:
 
 @pytest.mark.parametrize("saga", [order, trip], ids=lambda s: s.name)
 def test_every_state_appears_in_both_outputs(saga: Saga) -> None:
-    states = set(saga.compiled.machine.states)
+    states = set(compiled(saga).machine.states)
     assert set(mermaid_labels(mermaid(saga))) == states
     assert set(dot_nodes(dot(saga))) == states
 
@@ -88,7 +89,7 @@ def test_a_path_highlights_exactly_the_states_and_steps_a_saga_went_through() ->
     assert path == ["new", "reserve_inventory", "charge_payment", "compensating_reserve_inventory", "compensated"]
 
     highlighted = re.findall(r"^    class (\S+) visited$", mermaid(order, path=path), re.M)
-    assert highlighted == [",".join(s for s in order.compiled.machine.states if s in path)]
+    assert highlighted == [",".join(s for s in compiled(order).machine.states if s in path)]
     assert "classDef" not in mermaid(order)
 
     text = dot(order, path=path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.connection import Connection
 
-from participants.batching import pack
+from participants.edge.batching import pack
 
 COMMANDS = [
     ("HGET", "ns:saga:{abc}", "doc"),

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from orchestrator.config import Settings
-from participants.connections import connect_redis
+from participants.edge.connections import connect_redis
+from participants.edge.settings import Settings
 from statemachines.names import Names
 
 ROUND_TRIPS = 3

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
-from participants.corking import Corked
+from participants.edge.corking import Corked
 
 
 def redact(url: str) -> str:

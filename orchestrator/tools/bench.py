@@ -3,7 +3,7 @@
 The orchestrator and the inventory, payment and shipping participants run
 as child processes, as in production. N order sagas run with K in flight,
 some failing by design; the same N and K then run through the baseline ring
-(orchestrator.baseline). The two alternate `repeat` times and the report
+(orchestrator.tools.baseline). The two alternate `repeat` times and the report
 gives medians, so a noisy machine moves both sides alike.
 """
 
@@ -23,14 +23,14 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
-from orchestrator import baseline
-from orchestrator.config import Settings
-from orchestrator.cpu import listener_pid, process_cpu, redis_cpu, redis_memory
-from orchestrator.fleet import Fleet
 from orchestrator.namespace import drop
-from orchestrator.report import percentile, step_latencies, table
 from orchestrator.store import RedisStore
-from participants.connections import connect_amqp, connect_redis
+from orchestrator.tools import baseline
+from orchestrator.tools.cpu import listener_pid, process_cpu, redis_cpu, redis_memory
+from orchestrator.tools.fleet import Fleet
+from orchestrator.tools.report import percentile, step_latencies, table
+from participants.edge.connections import connect_amqp, connect_redis
+from participants.edge.settings import Settings
 from statemachines.messages import SagaEvent, StartSaga, decode, encode
 
 PARTICIPANTS = ("inventory", "payment", "shipping")

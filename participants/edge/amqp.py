@@ -1,9 +1,9 @@
-"""The RabbitMQ edge shared by participants, the orchestrator and the client.
+"""The broker: the namespaced topology, confirmed persistent publishes, manual-ack consumers, dead letters.
 
 Declares the namespaced topology, publishes persistent messages with
 publisher confirms, consumes with manual ack, and dead-letters with a
-reason. The participants SDK owns this module because it must not import
-the orchestrator; the orchestrator is free to import it.
+reason. Participants, the orchestrator and the client all speak to
+RabbitMQ through it.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from participants.acks import Acks
-from participants.connections import connect_amqp
+from participants.edge.acks import Acks
+from participants.edge.connections import connect_amqp
+from participants.edge.settings import MiB
 from statemachines.messages import MalformedMessage
 from statemachines.names import DELIVERY_LIMIT, Names
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 REASON = "x-saga-reason"
-MiB = 1024 * 1024
 log = logging.getLogger("saga.amqp")
 # A service being away says nothing about the message: such errors are waited
 # out in place rather than spending the message's delivery budget.

@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from participants.batching import batcher
+from participants.edge.batching import batcher
 
 
 class Scripts:

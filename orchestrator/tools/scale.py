@@ -22,12 +22,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
-from orchestrator.bench import PARTICIPANTS, Progress, drive_sagas
-from orchestrator.config import Settings
-from orchestrator.cpu import redis_memory
-from orchestrator.fleet import Fleet
 from orchestrator.namespace import drop
-from participants.connections import connect_amqp, connect_redis
+from orchestrator.tools.bench import PARTICIPANTS, Progress, drive_sagas
+from orchestrator.tools.cpu import redis_memory
+from orchestrator.tools.fleet import Fleet
+from participants.edge.connections import connect_amqp, connect_redis
+from participants.edge.settings import Settings
 from statemachines.messages import SagaEvent, StartSaga, decode, encode
 
 
@@ -41,7 +41,7 @@ async def run_scale(
     connection = await connect_amqp(settings.amqp_url)
     try:
         say(f"starting the orchestrator and {', '.join(PARTICIPANTS)}; nobody serves `parking` ...")
-        fleet.orchestrator("orchestrator", "--sagas", "orchestrator.bench_sagas", "--tick", "86400")
+        fleet.orchestrator("orchestrator", "--sagas", "orchestrator.tools.bench_sagas", "--tick", "86400")
         for participant in PARTICIPANTS:
             fleet.participant(participant)
         await fleet.ready([names.start_queue, names.reply_queue, *(names.participant_queue(p) for p in PARTICIPANTS)])
@@ -58,7 +58,7 @@ async def run_scale(
         run = await drive_sagas(settings, sagas, in_flight, 0.1, 1, progress.begin("meanwhile", sagas))
 
         began = time.perf_counter()
-        fleet.orchestrator("timers", "--sagas", "orchestrator.bench_sagas")
+        fleet.orchestrator("timers", "--sagas", "orchestrator.tools.bench_sagas")
         await events.wait("compensated", waiting, progress.begin("timeouts", waiting))
         fired_in = time.perf_counter() - began
         return {

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.config import Settings
-from participants.connections import Unreachable, connect_amqp, connect_redis
+from participants.edge.connections import Unreachable, connect_amqp, connect_redis
+from participants.edge.settings import Settings
 
-COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 
 
 async def _problems(settings: Settings) -> list[Unreachable]:

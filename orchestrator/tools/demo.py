@@ -15,9 +15,9 @@ from collections import Counter
 from typing import Any
 
 from orchestrator.client import SagaClient
-from orchestrator.config import Settings
-from orchestrator.fleet import EXAMPLES, Fleet
-from orchestrator.report import percentile, saga_latency, step_latencies, table
+from orchestrator.tools.fleet import EXAMPLES, Fleet
+from orchestrator.tools.report import percentile, saga_latency, step_latencies, table
+from participants.edge.settings import Settings
 from statemachines.messages import SagaEvent
 
 

@@ -18,7 +18,7 @@ from typing import IO
 
 import aio_pika
 
-from orchestrator.config import Settings
+from participants.edge.settings import Settings
 
 EXAMPLES = ("inventory", "payment", "shipping", "flight", "hotel", "car")
 

@@ -1,0 +1,54 @@
+"""The `saga` command: `main` builds the parser from one module per group of subcommands.
+
+To add a command, add it to the module of its group (or a new module listed
+in GROUPS): `register(sub)` adds its parser with `common.command`, which
+brings the connection flags and names the coroutine that runs it. Every
+subcommand takes --amqp-url, --redis-url and --namespace, which default to
+SAGA_AMQP_URL, SAGA_REDIS_URL and SAGA_NAMESPACE. Errors a user can fix (a
+service away, a bad flag, an unknown saga) print one sentence and exit
+non-zero; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from orchestrator.cli import graph, operate, protocol, sagas, serve, tools
+from orchestrator.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, UsageError
+from orchestrator.registry import UnknownSaga
+from participants.edge.connections import Unreachable
+from participants.edge.settings import BadSetting, Settings
+
+try:  # uvloop where it exists: the same asyncio, a faster loop
+    from uvloop import run
+except ImportError:  # pragma: no cover - Windows
+    from asyncio import run  # type: ignore[assignment]
+
+# In the order `saga --help` lists their commands.
+GROUPS = (serve, sagas, operate, graph, tools, protocol)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saga", description="Run and inspect sagas over RabbitMQ and Redis.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # transitions logs every callback at INFO: thousands of lines a second.
+    logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
+        return int(run(args.handler(args, settings)))
+    except (Unreachable, UsageError, UnknownSaga, BadSetting) as exc:
+        print(f"saga: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,67 @@
+"""What every `saga` subcommand shares: exit codes, the usage error, the connection flags, a store to read."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.config import Settings
+from orchestrator.registry import DEFAULT_MODULE
+
+if TYPE_CHECKING:
+    from orchestrator.store import RedisStore
+
+EXIT_OK, EXIT_FAILED, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; the message is the whole story."""
+
+
+def command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str | None, handler: Handler
+) -> argparse.ArgumentParser:
+    """Add subcommand `name` run by `handler`, with the connection flags; `help=None` hides it from `saga --help`."""
+    # Passing help=argparse.SUPPRESS would list it as "==SUPPRESS=="; leaving help out hides it.
+    parser = (
+        sub.add_parser(name, description=help) if help is None else sub.add_parser(name, help=help, description=help)
+    )
+    parser.set_defaults(handler=handler)
+    parser.add_argument(
+        "--amqp-url", help="RabbitMQ URL (default: $SAGA_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/)"
+    )
+    parser.add_argument("--redis-url", help="Redis URL (default: $SAGA_REDIS_URL or redis://127.0.0.1:6379/0)")
+    parser.add_argument("--namespace", help="prefix of every queue and key (default: $SAGA_NAMESPACE or saga)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def sagas_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sagas",
+        default=DEFAULT_MODULE,
+        metavar="MODULE",
+        help=f"module defining the sagas (default: {DEFAULT_MODULE})",
+    )
+
+
+@contextlib.asynccontextmanager
+async def store(settings: Settings) -> AsyncIterator[RedisStore]:
+    """The namespace's Redis store, closed when done."""
+    from orchestrator.store import RedisStore
+    from participants.edge.connections import connect_redis
+
+    opened = RedisStore(await connect_redis(settings.redis_url), settings.names)
+    try:
+        yield opened
+    finally:
+        await opened.redis.aclose()
+
+
+def when(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

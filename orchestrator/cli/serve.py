@@ -1,0 +1,46 @@
+"""`saga orchestrator` and `saga participant`: the long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from orchestrator.cli.common import EXIT_OK, UsageError, command, sagas_flag
+from orchestrator.config import Settings
+from orchestrator.registry import Registry
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = command(sub, "orchestrator", "run the orchestrator service", run_orchestrator)
+    sagas_flag(p)
+    p.add_argument("--prefetch", type=int, default=256, help="deliveries in flight per queue (default: 256)")
+    p.add_argument("--tick", type=float, default=0.05, help="seconds between looks for due timeouts (default: 0.05)")
+
+    p = command(
+        sub, "participant", "run a participant worker, e.g. participants.examples.inventory:worker", run_participant
+    )
+    p.add_argument("target", metavar="MODULE:OBJECT")
+
+
+async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.service import Orchestrator, Tuning
+
+    if args.prefetch < 1 or args.tick <= 0:
+        raise UsageError("--prefetch must be at least 1 and --tick positive")
+    tuning = Tuning(prefetch=args.prefetch, tick=args.tick)
+    await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
+    return EXIT_OK
+
+
+async def run_participant(args: argparse.Namespace, settings: Settings) -> int:
+    from participants.worker import Worker
+
+    module, _, name = args.target.partition(":")
+    try:
+        worker = getattr(importlib.import_module(module), name or "worker")
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load participant {args.target!r}: {exc}") from None
+    if not isinstance(worker, Worker):
+        raise UsageError(f"{args.target!r} is not a participants.worker.Worker")
+    await worker.run(settings)
+    return EXIT_OK
