@@ -33,6 +33,7 @@ from participants.examples import bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
 from statemachines.messages import FINAL, OUTCOME_UNKNOWN, TERMINAL
 from statemachines.names import Names
+from tests.integration.private import RabbitNode
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER_STEPS = ("reserve_inventory", "charge_payment", "create_shipment")
@@ -489,20 +490,11 @@ async def kill_redis_clients(redis: Redis, pids: Iterable[int], redis_port: int)
     return killed
 
 
-async def rabbitmqctl(*args: str, timeout: float = 120.0) -> None:
-    done = await asyncio.to_thread(
-        subprocess.run, ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
-
-
 @contextlib.asynccontextmanager
-async def broker_stopped() -> AsyncIterator[None]:
-    """`rabbitmqctl stop_app` inside; `start_app` (and wait for it) on the way out, whatever happened."""
+async def broker_stopped(node: RabbitNode) -> AsyncIterator[None]:
+    """`stop_app` on the test's own node inside; `start_app` (and wait for it) on the way out, whatever happened."""
     try:
-        await rabbitmqctl("stop_app")
+        await node.stop_app()
         yield
     finally:
-        await rabbitmqctl("start_app")
-        await rabbitmqctl("await_startup")
+        await node.start_app()

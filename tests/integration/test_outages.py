@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +44,7 @@ from tests.integration.chaos import (
     when_part_ended,
 )
 from tests.integration.conftest import remove_namespace
+from tests.integration.private import RabbitNode, rabbit_node
 
 SEED = int(os.environ.get("SAGA_CHAOS_SEED", "4242")) + 1
 ORDERS = 240
@@ -52,16 +53,19 @@ ENDED_WITHIN = 120.0
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
-def local_services(settings: Settings) -> None:
-    """These outages are made with rabbitmqctl and /proc: the services must run on this machine."""
-    if urlsplit(settings.amqp_url).hostname not in LOCAL or shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs a local RabbitMQ and rabbitmqctl")
+def local_redis(settings: Settings) -> None:
+    """Redis connections are found through /proc: Redis must run on this machine."""
     if urlsplit(settings.redis_url).hostname not in LOCAL or not Path("/proc/net/tcp").exists():
         pytest.skip("needs a local Redis and Linux /proc")
 
 
 async def test_a_broker_restart_and_lost_redis_connections_lose_nothing(settings: Settings, tmp_path: Path) -> None:
-    local_services(settings)
+    local_redis(settings)
+    async with rabbit_node(tmp_path) as node:
+        await _outages(replace(settings, amqp_url=node.url), node, tmp_path)
+
+
+async def _outages(settings: Settings, node: RabbitNode, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     sagas = plan(rng, ORDERS, TRIPS)
     before_broker, before_redis, after = chunks(sagas, 3)
@@ -77,7 +81,7 @@ async def test_a_broker_restart_and_lost_redis_connections_lose_nothing(settings
 
         await start_all(client, before_broker)
         in_flight = [await when_part_ended(redis, settings.names, before_broker, rng.uniform(0.05, 0.5))]
-        async with broker_stopped():
+        async with broker_stopped(node):
             await asyncio.sleep(rng.uniform(1.0, 3.0))
         back = time.monotonic()
         await fleet.ready(queues(settings.names), timeout=60)  # every process consumes its queue again
