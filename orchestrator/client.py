@@ -8,19 +8,54 @@ async with await SagaClient.connect(Settings.from_env()) as client:
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, Literal, overload
 
+import msgspec
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from orchestrator.store import RedisStore
 from participants.edge.amqp import Broker, Envelope
 from participants.edge.connections import connect_redis
 from participants.edge.settings import Settings
-from statemachines.instance import SagaInstance
-from statemachines.messages import TERMINAL, SagaEvent, StartSaga, decode, encode
+from statemachines.instance import SagaInstance, outcome_of
+from statemachines.messages import (
+    REJECTED,
+    TERMINAL,
+    ErrorInfo,
+    SagaEvent,
+    StartSaga,
+    decode,
+    encode,
+    start_digest,
+)
+from statemachines.names import id_problem, name_problem
+
+# Every event a saga sends: the first one says an orchestrator took the start.
+LIFECYCLE = ("running", "compensating", "completed", "compensated", "stuck", REJECTED)
+OUTCOMES = (*sorted(TERMINAL), REJECTED)
+_start = msgspec.json.Decoder(StartSaga)
+
+
+class SagaRejected(Exception):
+    """The start was refused, by this client or by the orchestrator; `reason` says why, `event` is the refusal."""
+
+    def __init__(self, event: SagaEvent) -> None:
+        self.event = event
+        self.code = event.error.code if event.error else "rejected"
+        self.reason = event.error.message if event.error else "rejected"
+        super().__init__(self.reason)
+
+
+class SagaConflict(SagaRejected):
+    """The saga id exists already, started with other data (or as another type): an idempotency key reused."""
+
+
+def refused(event: SagaEvent) -> SagaRejected:
+    return SagaConflict(event) if event.error is not None and event.error.code == "conflict" else SagaRejected(event)
 
 
 class SagaClient:
@@ -56,7 +91,7 @@ class SagaClient:
     async def start(
         self,
         saga_type: str,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | None,
         saga_id: str | None = None,
         wait: Literal[False] = False,
         timeout: float = 60.0,
@@ -66,7 +101,7 @@ class SagaClient:
     async def start(
         self,
         saga_type: str,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | None,
         saga_id: str | None = None,
         *,
         wait: Literal[True],
@@ -76,31 +111,79 @@ class SagaClient:
     async def start(
         self,
         saga_type: str,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | None,
         saga_id: str | None = None,
         wait: bool = False,
         timeout: float = 60.0,
     ) -> str | SagaEvent:
         """Start a saga and return its id; with `wait`, return its final event instead.
 
-        Starting again with the same `saga_id` does not start a second saga. A
-        wait that outlasts `timeout` seconds raises TimeoutError.
+        The saga id is an idempotency key: the same start again is the same
+        saga. A start that is refused raises SagaRejected with the reason: at
+        once if this client can tell (a type or id out of bounds, data that
+        is not JSON), else as soon as the orchestrator answers (an unknown
+        type, data that does not fit), with `wait`; an id taken by other data
+        raises SagaConflict. A wait that outlasts `timeout` seconds raises
+        TimeoutError.
         """
         saga_id = saga_id or str(uuid.uuid4())
-        body = encode(StartSaga(saga_type=saga_type, data=dict(data), saga_id=saga_id))
-        envelope = Envelope("", self.names.start_queue, body, saga_id, saga_id, "StartSaga")
+        envelope, digest = self._start(saga_type, data, saga_id)
         if not wait:
             await self.broker.publish([envelope])
             return saga_id
-        async with asyncio.timeout(timeout):
-            return await self._start_and_wait(saga_type, saga_id, envelope)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._start_and_wait(saga_type, saga_id, envelope, digest, OUTCOMES)
+        except TimeoutError:
+            raise TimeoutError(f"saga {saga_id!r} did not end within {timeout:g}s") from None
 
-    async def _start_and_wait(self, saga_type: str, saga_id: str, envelope: Envelope) -> SagaEvent:
+    async def submit(
+        self, saga_type: str, data: Mapping[str, Any] | None, saga_id: str | None = None, timeout: float = 5.0
+    ) -> tuple[str, SagaEvent | None]:
+        """Start a saga and wait until an orchestrator has taken it: (saga id, its first event).
+
+        The event is None when no orchestrator took the start within
+        `timeout` seconds (it waits in the start queue); a refusal raises
+        SagaRejected, as `start` does.
+        """
+        saga_id = saga_id or str(uuid.uuid4())
+        envelope, digest = self._start(saga_type, data, saga_id)
+        try:
+            async with asyncio.timeout(timeout):
+                return saga_id, await self._start_and_wait(saga_type, saga_id, envelope, digest, LIFECYCLE)
+        except TimeoutError:
+            return saga_id, None
+
+    def _start(self, saga_type: str, data: Mapping[str, Any] | None, saga_id: str) -> tuple[Envelope, str]:
+        """The start's envelope and digest; what this client can tell is wrong is refused before anything is sent."""
+        problem = name_problem(saga_type) or id_problem(saga_id)
+        body = b""
+        if problem is None:
+            try:
+                start = StartSaga(saga_type=saga_type, data=None if data is None else dict(data), saga_id=saga_id)
+                body = encode(start)
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                problem = f"the saga data is not JSON: {exc}"
+        if problem is not None:
+            error = ErrorInfo("invalid_start", problem)
+            raise SagaRejected(
+                SagaEvent(
+                    saga_id=saga_id, saga_type=saga_type, status=REJECTED, state="new", at=time.time(), error=error
+                )
+            )
+        # Of what the orchestrator will read, so that both sides digest the same JSON.
+        digest = start_digest(saga_type, _start.decode(body).data)
+        return Envelope("", self.names.start_queue, body, saga_id, saga_id, "StartSaga"), digest
+
+    async def _start_and_wait(
+        self, saga_type: str, saga_id: str, envelope: Envelope, digest: str, until: Collection[str]
+    ) -> SagaEvent:
         outcome: asyncio.Future[SagaEvent] = asyncio.get_running_loop().create_future()
 
         async def on_event(message: AbstractIncomingMessage) -> None:
             event = decode(SagaEvent, message.body)
-            if event.status in TERMINAL and not outcome.done():
+            # The bindings are exact, and the event must say it is this saga's too.
+            if event.saga_id == saga_id and event.status in until and not outcome.done():
                 outcome.set_result(event)
 
         # Bound before the start is published, so no event can slip past.
@@ -108,30 +191,22 @@ class SagaClient:
         try:
             exchange = await channel.declare_exchange(self.names.events_exchange, ExchangeType.TOPIC, durable=True)
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-            await queue.bind(exchange, self.names.event_key(saga_type, saga_id, "*"))
+            for status in until:
+                await queue.bind(exchange, self.names.event_key(saga_type, saga_id, status))
             await queue.consume(on_event, no_ack=True)
             await self.broker.publish([envelope])
-            # A saga that existed and ended before will send no more events.
             known = await self.store.load(saga_id)
-            if known is not None and known.status in TERMINAL and not outcome.done():
-                return _event_of(known)
-            return await outcome
+            # The same start again: a saga that ended sends nothing more, and one that runs was taken.
+            same = known is not None and known.start_digest in ("", digest)
+            if same and known is not None and not outcome.done() and (known.status in TERMINAL or "running" in until):
+                return outcome_of(known)
+            event = await outcome
         finally:
             await channel.close()
+        if event.status == REJECTED:
+            raise refused(event)
+        return event
 
     async def status(self, saga_id: str) -> SagaInstance | None:
         """The saga as stored now, or None if there is no such saga (or it expired)."""
         return await self.store.load(saga_id)
-
-
-def _event_of(inst: SagaInstance) -> SagaEvent:
-    return SagaEvent(
-        saga_id=inst.saga_id,
-        saga_type=inst.saga_type,
-        status=inst.status,
-        state=inst.state,
-        at=inst.updated_at,
-        data=inst.data,
-        step=inst.step,
-        error=inst.error,
-    )

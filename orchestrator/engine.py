@@ -127,7 +127,12 @@ class Engine:
                 assert new is not None
                 envelopes = self.envelopes(definition, decision)
                 outbox = pack(envelopes) if envelopes else None
-                if await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox):
+                if decision.keeps_outbox:
+                    assert inst is not None
+                    written = await self.store.annotate(inst.rev, new, decision.history)
+                else:
+                    written = await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox)
+                if written:
                     return await self._committed(decision, envelopes)
                 attempted = (decision, envelopes)
                 self.stats["conflicts"] += 1

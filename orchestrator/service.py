@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from orchestrator.engine import Engine
+from orchestrator.refusals import Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
+from orchestrator.starts import Starts
 from orchestrator.store import RedisStore
 from participants.edge.amqp import Broker, Rejected
 from participants.edge.connections import connect_redis
 from participants.edge.process import serve
 from participants.edge.settings import Settings
-from statemachines.decide import Start
-from statemachines.messages import Reply, StartSaga, decode
+from statemachines.messages import MalformedMessage, Reply, decode
 
 log = logging.getLogger("saga.orchestrator")
 
@@ -51,6 +51,8 @@ class Orchestrator:
         self._tasks: list[asyncio.Task[None]] = []
         self.engine: Engine | None = None
         self.broker: Broker | None = None
+        self.refusals: Refusals | None = None
+        self.starts: Starts | None = None
 
     async def start(self) -> None:
         names = self.names
@@ -69,6 +71,8 @@ class Orchestrator:
             queues.append((await broker.declare_participant(participant)).name)
         await redis.sadd(names.queues_key, *queues)
         self.engine = Engine(store, broker, self.registry, names)
+        self.refusals = Refusals(self.engine)
+        self.starts = Starts(self.engine, self.registry, self.refusals)
         self._tasks = [
             asyncio.create_task(self.engine.clear_confirmed(), name="clear-outboxes"),
             asyncio.create_task(self._deadlines(), name="deadlines"),
@@ -105,28 +109,21 @@ class Orchestrator:
         log.info("orchestrator stopped")
 
     async def _on_start(self, message: AbstractIncomingMessage) -> None:
-        assert self.engine is not None
-        start = decode(StartSaga, message.body)
-        try:
-            saga = self.registry.latest(start.saga_type)
-        except UnknownSaga as exc:
-            raise Rejected(str(exc)) from None
-        # Without an id of its own, a redelivered start must still be the same saga.
-        saga_id = start.saga_id or message.message_id or str(uuid.uuid4())
-        event = Start(saga_id=saga_id, data=start.data, reply_to=start.reply_to)
-        decision = await self.engine.apply(saga_id, event, saga)
-        if decision.instance is None:
-            raise Rejected(decision.note)
+        assert self.starts is not None
+        await self.starts.take(message)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        assert self.engine is not None
-        reply = decode(Reply, message.body)
+        assert self.engine is not None and self.refusals is not None
+        try:
+            reply = decode(Reply, message.body)
+        except MalformedMessage as exc:
+            raise await self.refusals.reply(about(message.body), str(exc)) from None
         try:
             decision = await self.engine.apply(reply.saga_id, reply)
         except UnknownSaga as exc:
-            raise Rejected(str(exc)) from None
+            raise Rejected(str(exc), reply.saga_id) from None
         if decision.instance is None:
-            raise Rejected(f"reply {reply.message_id} is for an unknown saga {reply.saga_id!r}")
+            raise Rejected(f"reply {reply.message_id} is for an unknown saga {reply.saga_id!r}", reply.saga_id)
 
     async def _deadlines(self) -> None:
         assert self.engine is not None

@@ -21,12 +21,13 @@ from redis.exceptions import NoScriptError
 from participants.edge.batching import batcher
 from participants.edge.scripts import Scripts
 from statemachines.instance import HistoryEntry, SagaInstance
-from statemachines.messages import FINAL
+from statemachines.messages import FINAL, SagaEvent
 from statemachines.names import DEADLINE_SHARDS, Names
 
 HISTORY_CAP = 200
 _instance = msgspec.json.Decoder(SagaInstance)
 _history = msgspec.json.Decoder(HistoryEntry)
+_event = msgspec.json.Decoder(SagaEvent)
 _json = msgspec.json.Encoder()
 
 
@@ -77,6 +78,25 @@ class RedisStore:
             ms(inst.updated_at), *(_json.encode(h) for h in history),
         ]  # fmt: skip
         return bool(await self.scripts.call(self.redis, "commit", keys, args))
+
+    async def annotate(self, expected_rev: int, inst: SagaInstance, history: Sequence[HistoryEntry]) -> bool:
+        """Write `inst` and its history over `expected_rev`, leaving its outbox and deadline alone.
+
+        For a note that does not move the saga (a refused reply); False on a conflict.
+        """
+        keys = (self.names.saga_key(inst.saga_id), self.names.history_key(inst.saga_id))
+        args = [expected_rev, inst.rev, _json.encode(inst), inst.updated_at, HISTORY_CAP]
+        args += [_json.encode(h) for h in history]
+        return bool(await self.scripts.call(self.redis, "annotate", keys, args))
+
+    async def reject(self, refusal: SagaEvent) -> None:
+        """Keep a refused start's event for the retention period, for `saga show` (it never becomes a saga)."""
+        await self.redis.set(self.names.rejected_key(refusal.saga_id), _json.encode(refusal), ex=self.retention)
+
+    async def rejection(self, saga_id: str) -> SagaEvent | None:
+        """The refusal of the latest refused start under `saga_id`, if one is kept."""
+        raw = await self.redis.get(self.names.rejected_key(saga_id))
+        return None if raw is None else _event.decode(raw)
 
     async def record(self, saga_id: str, history: Sequence[HistoryEntry]) -> None:
         """Append history without a transition (a reply that changed nothing)."""

@@ -41,6 +41,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
 from participants.edge.amqp import Broker, Envelope
+from participants.edge.clip import clip
 from participants.edge.connections import connect_redis
 from participants.edge.process import serve
 from participants.edge.scripts import Scripts
@@ -49,6 +50,8 @@ from statemachines.messages import OUTCOME_UNKNOWN, Command, ErrorInfo, Reply, d
 from statemachines.names import Names
 
 log = logging.getLogger("saga.participant")
+# How much of a handler's exception the reply (and so `saga show`) carries.
+ERROR_LIMIT = 1000
 _json = msgspec.json.Encoder()
 _data = msgspec.json.Decoder(dict[str, Any])
 
@@ -138,6 +141,7 @@ class Worker:
         except Exception:
             await self.redis.aclose()
             raise
+        self.broker.on_dead_letter = self._dead_lettered
         queue = await self.broker.declare_participant(self.name)
         await self.redis.sadd(names.queues_key, queue.name)
         if self.on_start is not None:
@@ -160,6 +164,11 @@ class Worker:
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None
+
+    async def _dead_lettered(self, queue: str, reason: str) -> None:
+        """Count it where the orchestrator counts its own: `<ns>:counters`, `dead_letters:<queue>`."""
+        assert self.redis is not None
+        await self.redis.hincrby(self.names.counters_key, f"dead_letters:{queue}", 1)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Answer one command; returning means the message may be acked."""
@@ -236,9 +245,13 @@ class Worker:
             except Failure as failure:
                 return ErrorInfo(failure.code, failure.message)
             except Exception as exc:
-                log.warning("%s %s attempt %d: %r", self.name, command.command, attempt, exc)
+                what = clip(f"{type(exc).__name__}: {exc}", ERROR_LIMIT)
+                where = f"{self.name} {command.command} (saga {command.saga_id}, step {command.step})"
                 if attempt == self.transient_attempts:
-                    return ErrorInfo(OUTCOME_UNKNOWN, f"{type(exc).__name__}: {exc}")
+                    # One traceback per failure, not one per attempt: the bug, once, where it happened.
+                    log.error("%s raised %d times, replying %s", where, attempt, OUTCOME_UNKNOWN, exc_info=exc)
+                    return ErrorInfo(OUTCOME_UNKNOWN, what)
+                log.warning("%s attempt %d raised %s; trying again in %.1fs", where, attempt, clip(what), delay)
                 await asyncio.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

@@ -17,14 +17,26 @@ from transitions import MachineError
 from statemachines.compiler import CompiledSaga, compiled
 from statemachines.dsl import Saga
 from statemachines.instance import HistoryEntry, SagaInstance
-from statemachines.messages import OUTCOME_UNKNOWN, TERMINAL, Command, ErrorInfo, Reply, SagaEvent
+from statemachines.messages import (
+    OUTCOME_UNKNOWN,
+    TERMINAL,
+    Command,
+    ErrorInfo,
+    Reply,
+    SagaEvent,
+    start_digest,
+)
 from statemachines.run import PayloadError, Run
 
 
 class Start(msgspec.Struct, kw_only=True):
     saga_id: str
-    data: dict[str, Any] = {}
+    # None: the start carried no data, refused if the saga declares a data type.
+    data: dict[str, Any] | None = {}
     reply_to: str | None = None
+    # The type the start named (None: the saga's own); an id that exists as
+    # another type, or with other data, is a conflict.
+    saga_type: str | None = None
 
 
 class Due(msgspec.Struct):
@@ -41,7 +53,15 @@ class Abort(msgspec.Struct):
     reason: str = "compensation forced by an operator"
 
 
-Event = Start | Reply | Due | Resume | Abort
+class RefusedReply(msgspec.Struct):
+    """A reply for the saga could not be accepted (it was dead-lettered): say why in its history."""
+
+    reason: str
+    # The command it claimed to answer, where that could be read.
+    in_reply_to: str | None = None
+
+
+Event = Start | Reply | Due | Resume | Abort | RefusedReply
 
 
 @dataclass
@@ -54,6 +74,12 @@ class Decision:
     changed: bool = False
     # Why nothing changed, in words for logs and operators.
     note: str = ""
+    # The start was refused (its data does not fit, its id is taken): the
+    # code and reason the sender is told.
+    refusal: ErrorInfo | None = None
+    # Only a note on the saga changed, not where it is: its outbox and
+    # deadline stay as they are.
+    keeps_outbox: bool = False
 
 
 def new_instance(saga: Saga, saga_id: str) -> SagaInstance:
@@ -64,17 +90,23 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
     """Apply `event` to `instance` (None: the saga does not exist yet) at time `now`."""
     flow = compiled(saga)
     if isinstance(event, Start):
+        digest = start_digest(event.saga_type or saga.name, event.data)
         if instance is not None:
-            return Decision(instance, note="duplicate start: the saga exists already")
-        data = event.data
+            return _repeated_start(instance, event, digest, now)
+        if event.data is None and saga.data is not None:
+            why = f"saga {saga.name!r} takes data ({saga.data.__name__}) and the start carries none"
+            return Decision(None, note=why, refusal=ErrorInfo("invalid_data", why))
+        data = event.data or {}
         if saga.data is not None:
             try:
                 data = msgspec.to_builtins(msgspec.convert(data, saga.data))
             except msgspec.ValidationError as exc:
-                return Decision(None, note=f"data does not fit saga {saga.name!r}: {exc}")
+                why = f"data does not fit saga {saga.name!r}: {exc}"
+                return Decision(None, note=why, refusal=ErrorInfo("invalid_data", why))
         instance = new_instance(saga, event.saga_id)
         instance.data = dict(data)
         instance.reply_to = event.reply_to
+        instance.start_digest = digest
         instance.created_at = now
         instance.deadline = now + saga.deadline if saga.deadline else None
         return _fire(flow, instance, "start", now)
@@ -84,6 +116,8 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
         return _apply_reply(flow, instance, event, now)
     if isinstance(event, Due):
         return _apply_due(flow, instance, now)
+    if isinstance(event, RefusedReply):
+        return _refused_reply(instance, event, now)
     if isinstance(event, Resume):
         if instance.status != "stuck":
             return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
@@ -105,6 +139,35 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
             "compensate it",
         )
     return Decision(instance, note=f"saga is {instance.status}: nothing to compensate")
+
+
+def _repeated_start(inst: SagaInstance, start: Start, digest: str, now: float) -> Decision:
+    """The same start again is the same saga (an idempotency key); other data under its id is a conflict."""
+    if not inst.start_digest or inst.start_digest == digest:
+        if start.reply_to and start.reply_to != inst.reply_to and inst.status not in TERMINAL:
+            # Its sender is back with a new reply queue (the old one went with its connection).
+            moved = msgspec.structs.replace(inst, rev=inst.rev + 1, updated_at=now, reply_to=start.reply_to)
+            return Decision(
+                moved, changed=True, keeps_outbox=True, note="duplicate start: its outcome goes to the new reply_to"
+            )
+        return Decision(inst, note="duplicate start: the saga exists already")
+    other_type = start.saga_type is not None and start.saga_type != inst.saga_type
+    how = f"as a {inst.saga_type!r} saga" if other_type else "with other data"
+    why = f"saga {inst.saga_id!r} exists already, started {how}: start a different saga under a new id"
+    decision = _unchanged(inst, now, "refused_start", why)
+    decision.refusal = ErrorInfo("conflict", why)
+    return decision
+
+
+def _refused_reply(inst: SagaInstance, refused: RefusedReply, now: float) -> Decision:
+    """A refused reply goes into the history; if it answered the awaited command, its timeout will say so."""
+    decision = _unchanged(inst, now, "refused_reply", refused.reason)
+    if inst.awaiting is not None and refused.in_reply_to in (None, inst.awaiting):
+        decision.instance = msgspec.structs.replace(
+            inst, rev=inst.rev + 1, updated_at=now, refused_reply=refused.reason
+        )
+        decision.changed = decision.keeps_outbox = True
+    return decision
 
 
 def _apply_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
@@ -135,7 +198,10 @@ def _apply_due(flow: CompiledSaga, inst: SagaInstance, now: float) -> Decision:
     if inst.waiting == "backoff":
         return _fire(flow, inst, "resend", now)
     step = flow.saga.step(inst.step or "")
-    error = ErrorInfo("timeout", f"no reply to attempt {inst.attempt} within {step.timeout:g}s")
+    message = f"no reply to attempt {inst.attempt} within {step.timeout:g}s"
+    if inst.refused_reply:
+        message += f"; a reply to it was refused ({inst.refused_reply})"
+    error = ErrorInfo("timeout", message)
     inst = msgspec.structs.replace(inst, error=error, maybe_applied=inst.maybe_applied or inst.action == "do")
     return _fire(flow, inst, "timed_out", now, detail=error.message)
 

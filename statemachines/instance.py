@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from statemachines.messages import Action, ErrorInfo, Status
+from statemachines.messages import Action, ErrorInfo, SagaEvent, Status
 
 Waiting = Literal["reply", "backoff"]
 
@@ -36,6 +36,11 @@ class SagaInstance(msgspec.Struct, kw_only=True):
     deadline: float | None = None
     error: ErrorInfo | None = None
     reply_to: str | None = None
+    # What a repeated start must match to be this saga's (messages.start_digest); "" for sagas stored before.
+    start_digest: str = ""
+    # A reply to the awaited command was refused (dead-lettered) for this
+    # reason: the timeout that follows says so.
+    refused_reply: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -44,6 +49,20 @@ class SagaInstance(msgspec.Struct, kw_only=True):
         """The earliest time the saga needs a `Due` event, if any."""
         times = [t for t in (self.due_at, self.deadline) if t is not None]
         return min(times) if times else None
+
+
+def outcome_of(inst: SagaInstance) -> SagaEvent:
+    """The event that tells where the saga stands now (its outcome, once it ended)."""
+    return SagaEvent(
+        saga_id=inst.saga_id,
+        saga_type=inst.saga_type,
+        status=inst.status,
+        state=inst.state,
+        at=inst.updated_at,
+        data=inst.data,
+        step=inst.step,
+        error=inst.error,
+    )
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True):

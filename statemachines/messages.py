@@ -8,13 +8,19 @@ in other languages.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+import hashlib
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+
+from statemachines.names import ID_PATTERN, MAX_ID, MAX_NAME, MAX_QUEUE, NAME_PATTERN, QUEUE_PATTERN
 
 Action = Literal["do", "compensate"]
 Outcome = Literal["success", "failure"]
 Status = Literal["new", "running", "compensating", "completed", "compensated", "stuck"]
+# A refused start's event: no saga ever runs under it (see `statemachines.names.Names.rejected_key`).
+EventStatus = Status | Literal["rejected"]
+REJECTED: Literal["rejected"] = "rejected"
 TERMINAL: frozenset[str] = frozenset({"completed", "compensated", "stuck"})
 # A stuck saga is terminal for waiters, but an operator may still resume it.
 FINAL: frozenset[str] = frozenset({"completed", "compensated"})
@@ -27,26 +33,35 @@ FINAL: frozenset[str] = frozenset({"completed", "compensated"})
 OUTCOME_UNKNOWN = "outcome_unknown"
 
 
+# Bounded where they enter: these become routing keys, queue names and Redis keys.
+SagaId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME, pattern=NAME_PATTERN)]
+Queue = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUEUE, pattern=QUEUE_PATTERN)]
+MessageId = Annotated[str, msgspec.Meta(max_length=255)]
+
+
 class ErrorInfo(msgspec.Struct, frozen=True):
     code: str
     message: str = ""
 
 
 class StartSaga(msgspec.Struct, kw_only=True):
-    """Start a saga; starting one with a saga_id that exists already does nothing."""
+    """Start a saga; a saga_id that exists already with the same data is the same saga, with other data a conflict."""
 
-    saga_type: str
-    data: dict[str, Any] = {}
-    saga_id: str | None = None
-    # A queue that receives the saga's final SagaEvent.
-    reply_to: str | None = None
+    saga_type: Name
+    # None (or absent): no data given, refused when the saga declares a data type.
+    data: dict[str, Any] | None = None
+    saga_id: SagaId | None = None
+    # A queue that receives the saga's final SagaEvent, or its refusal: a
+    # server-named queue or one named `<ns>.reply.<name>`.
+    reply_to: Queue | None = None
 
 
 class Command(msgspec.Struct, kw_only=True):
-    message_id: str
-    saga_id: str
+    message_id: MessageId
+    saga_id: SagaId
     saga_type: str
-    step: str
+    step: Name
     action: Action
     command: str
     attempt: int
@@ -57,10 +72,10 @@ class Command(msgspec.Struct, kw_only=True):
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    message_id: str
-    in_reply_to: str
-    saga_id: str
-    step: str
+    message_id: MessageId
+    in_reply_to: MessageId
+    saga_id: SagaId
+    step: Name
     action: Action
     outcome: Outcome
     data: dict[str, Any] = {}
@@ -69,11 +84,11 @@ class Reply(msgspec.Struct, kw_only=True):
 
 
 class SagaEvent(msgspec.Struct, kw_only=True):
-    """A saga's lifecycle: started, compensating, completed, compensated, stuck."""
+    """A saga's lifecycle: started, compensating, completed, compensated, stuck; or its start rejected."""
 
     saga_id: str
     saga_type: str
-    status: Status
+    status: EventStatus
     state: str
     at: float
     data: dict[str, Any] = {}
@@ -108,6 +123,15 @@ def decode(kind: type[M], body: bytes) -> M:
 
 def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
+
+
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def start_digest(saga_type: str, data: dict[str, Any] | None) -> str:
+    """What two starts under one saga id must share to be the same start: their type and data, canonically."""
+    # No data and empty data are the same start: either is all a saga without a data type takes.
+    return hashlib.sha256(_canonical.encode([saga_type, data or {}])).hexdigest()[:32]
 
 
 def schemas() -> dict[str, Any]:

@@ -8,11 +8,68 @@ programs in other languages can all read them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from zlib import crc32
 
 DEFAULT_NAMESPACE = "saga"
+
+# Every value that becomes part of a routing key, a queue name or a Redis key
+# is bounded where it enters (AMQP caps a routing key at 255 bytes, and one
+# saga's key must never be another's pattern). A saga id has no "." "*" "#"
+# (topic words and wildcards) and no "{" "}" (the Redis hash tag); all of
+# them are ASCII, so characters are bytes.
+MAX_ID = 128
+# `(?![\s\S])` is the end of the string in Python and JSON Schema (ECMA) alike;
+# `$` would let a trailing newline through in Python.
+ID_PATTERN = r"^[A-Za-z0-9_:@+=~/-]+(?![\s\S])"
+ID_CHARS = "letters, digits and _ - : @ + = ~ /"
+# Saga types, steps, participants and namespaces.
+MAX_NAME = 64
+NAME_PATTERN = r"^[A-Za-z0-9_-]+(?![\s\S])"
+NAME_CHARS = "letters, digits, _ and -"
+# A queue that a saga's outcome may be sent to (checked further by `Names.reply_to_problem`).
+MAX_QUEUE = 255
+QUEUE_PATTERN = r"^[A-Za-z0-9._:-]+(?![\s\S])"
+_ID = re.compile(ID_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+_QUEUE = re.compile(QUEUE_PATTERN)
+
+
+def _problem(what: str, value: object, pattern: re.Pattern[str], limit: int, chars: str) -> str | None:
+    if not isinstance(value, str):
+        return f"{what} must be a string, got {type(value).__name__}"
+    if not value:
+        return f"{what} must not be empty"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters long; at most {limit} are allowed"
+    if not pattern.fullmatch(value):
+        return f"{what} may hold only {chars}, got {value!r}"
+    return None
+
+
+def id_problem(value: object, what: str = "a saga id") -> str | None:
+    """Why `value` cannot be a saga id, or None if it can."""
+    return _problem(what, value, _ID, MAX_ID, ID_CHARS)
+
+
+def name_problem(value: object, what: str = "a saga type") -> str | None:
+    """Why `value` cannot be a saga type, step, participant or namespace name, or None if it can."""
+    return _problem(what, value, _NAME, MAX_NAME, NAME_CHARS)
+
+
+def reply_to_problem(value: object) -> str | None:
+    """Why `value` cannot be a start's reply_to, or None if it may be one.
+
+    Within these bounds, outcomes still go only to a queue named with
+    `Names.reply_prefix`, or to an exclusive queue of a live connection (the
+    starter's own, which only the broker can tell: the orchestrator asks
+    it); never into a participant's queue or anybody else's.
+    """
+    return _problem("reply_to", value, _QUEUE, MAX_QUEUE, "letters, digits and . _ : -")
+
+
 # A message redelivered this often is poison: it is dead-lettered, never looped.
 DELIVERY_LIMIT = 5
 DEADLINE_SHARDS = 4
@@ -50,6 +107,14 @@ class Names:
     def participant_queue(self, participant: str) -> str:
         return f"{self.namespace}.participant.{participant}"
 
+    @property
+    def reply_prefix(self) -> str:
+        """Named queues that may receive sagas' outcomes start with this (`StartSaga.reply_to`)."""
+        return f"{self.namespace}.reply."
+
+    def named_reply_queue(self, reply_to: str) -> bool:
+        return reply_to.startswith(self.reply_prefix) and len(reply_to) > len(self.reply_prefix)
+
     def queue_arguments(self) -> dict[str, Any]:
         """Arguments for every work queue: quorum, bounded redelivery, dead-lettered."""
         return {
@@ -73,6 +138,10 @@ class Names:
 
     def outbox_key(self, saga_id: str) -> str:
         return f"{self.namespace}:outbox:{{{saga_id}}}"
+
+    def rejected_key(self, saga_id: str) -> str:
+        """The record of a refused start, kept for the retention period; never a saga."""
+        return f"{self.namespace}:rejected:{{{saga_id}}}"
 
     @property
     def outbox_index(self) -> str:

@@ -70,6 +70,7 @@ class Run:
         command = step.command if inst.action == "do" else step.compensation
         assert command is not None
         inst.awaiting = f"{inst.saga_id}:{inst.rev}"
+        inst.refused_reply = None
         inst.waiting = "reply"
         inst.due_at = self.now + step.timeout
         self.commands.append(

@@ -6,32 +6,43 @@ participants in `participants.examples` answer their commands.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from statemachines.dsl import Retry, Saga, Step
 
+# The data types say what a start may carry; one that does not fit is refused
+# with the reason before any participant sees it (a negative amount would
+# credit a card, a quantity of 0 reserve nothing).
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Cents = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000_000)]
+Nights = Annotated[int, msgspec.Meta(ge=1, le=90)]
+StepNames = Annotated[list[str], msgspec.Meta(max_length=10)]
+
 
 class Item(msgspec.Struct):
-    sku: str
-    qty: int
+    sku: Key
+    qty: Quantity
 
 
 class OrderData(msgspec.Struct):
-    order_id: str
-    customer_id: str
-    items: list[Item]
-    amount: int
+    order_id: Key
+    customer_id: Key
+    items: Annotated[list[Item], msgspec.Meta(min_length=1, max_length=100)]
+    amount: Cents
     # Step names whose participant should fail, so that every path can be
     # reached by hand; see participants.examples.
-    fail_at: list[str] = []
+    fail_at: StepNames = []
 
 
 class TripData(msgspec.Struct):
-    trip_id: str
-    customer_id: str
-    destination: str
-    nights: int = 1
-    fail_at: list[str] = []
+    trip_id: Key
+    customer_id: Key
+    destination: Key
+    nights: Nights = 1
+    fail_at: StepNames = []
 
 
 # Business refusals (out of stock, card declined) are final; only a

@@ -15,8 +15,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
-from orchestrator.cli import graph, operate, protocol, sagas, serve, tools
+from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, tools
 from orchestrator.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, UsageError
 from orchestrator.registry import UnknownSaga
 from participants.edge.connections import Unreachable
@@ -28,19 +29,30 @@ except ImportError:  # pragma: no cover - Windows
     from asyncio import run  # type: ignore[assignment]
 
 # In the order `saga --help` lists their commands.
-GROUPS = (serve, sagas, operate, graph, tools, protocol)
+GROUPS = (serve, sagas, operate, dead_letters, graph, tools, protocol)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saga", description="Run and inspect sagas over RabbitMQ and Redis.")
+    parser.add_argument("--version", action="version", version=f"saga {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("saga-orchestrator")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        # Named by the subcommand that got it, with that subcommand's usage (exits 2, as argparse does).
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # transitions logs every callback at INFO: thousands of lines a second.
     logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from orchestrator.store import RedisStore
 
 EXIT_OK, EXIT_FAILED, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+# `saga start`: the start was refused (bounds, unknown type, data that does not fit...), or its id is taken.
+EXIT_REJECTED, EXIT_CONFLICT = 4, 5
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
@@ -31,7 +33,8 @@ def command(
     parser = (
         sub.add_parser(name, description=help) if help is None else sub.add_parser(name, help=help, description=help)
     )
-    parser.set_defaults(handler=handler)
+    # The parser itself, so that a wrong flag is answered with this subcommand's usage.
+    parser.set_defaults(handler=handler, parser=parser)
     parser.add_argument(
         "--amqp-url", help="RabbitMQ URL (default: $SAGA_AMQP_URL or amqp://guest:guest@127.0.0.1:5672/)"
     )
@@ -64,4 +67,5 @@ async def store(settings: Settings) -> AsyncIterator[RedisStore]:
 
 
 def when(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    """A moment as operators read it, with its time zone: 2024-05-01 12:00:00.123 UTC."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"

@@ -56,11 +56,11 @@ async def _operate(args: argparse.Namespace, settings: Settings, event: Any, ver
         print(f"{args.saga_id}: {verb}; now {inst.status} in {inst.state}")
         return EXIT_OK
     print(f"{args.saga_id}: {decision.note}")
-    return EXIT_OK if _already(verb, inst.status) else EXIT_FAILED
+    # Both commands alike: nothing to do (the saga is not where the command acts) is not an error;
+    # what cannot be done (compensate a saga past its pivot) is.
+    return EXIT_FAILED if _cannot(verb, inst.status) else EXIT_OK
 
 
-def _already(verb: str, status: str) -> bool:
-    """An operator command repeated after it took effect is not an error."""
-    if verb == "resumed":
-        return status in ("running", "compensating", "completed", "compensated")
-    return status in ("compensating", "compensated")
+def _cannot(verb: str, status: str) -> bool:
+    """Whether the command was refused, rather than had nothing to do."""
+    return verb != "resumed" and status in ("running", "stuck")

@@ -24,19 +24,21 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelLockedResource, ChannelNotFoundEntity
 from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from participants.edge.acks import Acks
+from participants.edge.clip import clip
 from participants.edge.connections import connect_amqp
 from participants.edge.settings import MiB
 from statemachines.messages import MalformedMessage
-from statemachines.names import DELIVERY_LIMIT, Names
+from statemachines.names import DELIVERY_LIMIT, Names, id_problem
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 REASON = "x-saga-reason"
+SAGA_ID = "x-saga-id"
 log = logging.getLogger("saga.amqp")
 # A service being away says nothing about the message: such errors are waited
 # out in place rather than spending the message's delivery budget.
@@ -51,7 +53,11 @@ OUTAGES = (
 
 
 class Rejected(Exception):
-    """A message that can never be processed: it is dead-lettered with this reason."""
+    """A message that can never be processed: it is dead-lettered with this reason (and its saga, where known)."""
+
+    def __init__(self, reason: str, saga_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.saga_id = saga_id
 
 
 class Envelope(msgspec.Struct, array_like=True):
@@ -169,6 +175,7 @@ class Broker:
         return guarded
 
     async def _process(self, queue: str, handle: Handler, message: AbstractIncomingMessage) -> None:
+        saga_id = None
         try:
             if len(message.body) > self.max_message_bytes:
                 raise Rejected(f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}")
@@ -177,18 +184,19 @@ class Broker:
             return
         except (Rejected, MalformedMessage) as exc:
             reason = str(exc)
+            saga_id = getattr(exc, "saga_id", None)
         except Exception as exc:
             if delivery_count(message) + 1 < DELIVERY_LIMIT:
-                log.warning("%s: processing failed, the message will be redelivered: %r", queue, exc)
+                log.warning("%s: processing failed, the message will be redelivered: %s", queue, clip(exc))
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
                 self._acks.abandoned(message)
                 return
             reason = f"processing failed {DELIVERY_LIMIT} times, the last time with {exc!r}"
-        log.warning("%s: dead-lettering message %s: %s", queue, message.message_id, reason)
+        log.warning("%s: dead-lettering message %s: %s", queue, clip(message.message_id), clip(reason))
         self.dead_letters[queue] += 1
         with contextlib.suppress(Exception):
-            await self.dead_letter(message, queue, reason)
+            await self.dead_letter(message, queue, reason, saga_id)
             if self.on_dead_letter is not None:
                 await self.on_dead_letter(queue, reason)
 
@@ -246,8 +254,10 @@ class Broker:
             envelope.body, exchange=envelope.exchange, routing_key=envelope.routing_key, properties=properties
         )
 
-    async def dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
-        """Move `message` to the dead-letter queue with `reason`, then ack it."""
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, queue: str, reason: str, saga_id: str | None = None
+    ) -> None:
+        """Move `message` to the dead-letter queue with `reason` and its saga (where known), then ack it."""
         envelope = Envelope(
             exchange=self.names.dead_exchange,
             routing_key=queue,
@@ -256,9 +266,31 @@ class Broker:
             correlation_id=message.correlation_id or "",
             kind=message.type or "",
         )
-        headers = {REASON: reason[:1000], "x-saga-queue": queue, "x-saga-deliveries": delivery_count(message) + 1}
+        headers: dict[str, Any] = {
+            REASON: reason[:1000],
+            "x-saga-queue": queue,
+            "x-saga-deliveries": delivery_count(message) + 1,
+        }
+        # Our messages carry their saga id as the correlation id.
+        saga_id = saga_id or message.correlation_id
+        if saga_id and id_problem(saga_id) is None:
+            headers[SAGA_ID] = saga_id
         await self._publish(envelope, headers)
         self._acks.finished(message)
+
+    async def exclusive_elsewhere(self, queue: str) -> bool:
+        """Whether `queue` exists as an exclusive queue of another connection (the broker refuses us access)."""
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(queue, passive=True)
+        except ChannelLockedResource:
+            return True
+        except ChannelNotFoundEntity:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return False
 
     async def close(self) -> None:
         await self.stop_consuming(drain_timeout=0)

@@ -83,7 +83,8 @@ def saga(settings: Settings, *args: str, timeout: float = 60) -> subprocess.Comp
 
 
 def test_start_wait_prints_the_outcome_and_exits_by_it(settings: Settings, everything: Processes) -> None:
-    done = saga(settings, "start", "order", "--data", json.dumps(order()), "--id", "cli-1", "--wait", "--timeout", "20")
+    data = json.dumps(order())
+    done = saga(settings, "start", "order", "--data", data, "--id", "cli-1", "--wait", "--timeout", "20")
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "completed" and outcome["saga_id"] == "cli-1"
@@ -92,8 +93,11 @@ def test_start_wait_prints_the_outcome_and_exits_by_it(settings: Settings, every
     assert failed.returncode == 1
     assert json.loads(failed.stdout.strip().splitlines()[-1])["status"] == "compensated"
 
-    again = saga(settings, "start", "order", "--data", json.dumps(order()), "--id", "cli-1", "--wait", "--timeout", "5")
-    assert again.returncode == 0, "a second start of an ended saga reports its outcome"
+    again = saga(settings, "start", "order", "--data", data, "--id", "cli-1", "--wait", "--timeout", "5")
+    assert again.returncode == 0, "the same start again reports the ended saga's outcome"
+    other = saga(settings, "start", "order", "--data", json.dumps(order()), "--id", "cli-1", "--wait", "--timeout", "5")
+    assert other.returncode == 5, "the id with other data is a conflict"
+    assert "exists already, started with other data" in other.stderr
 
     shown = saga(settings, "show", "cli-1")
     assert shown.returncode == 0

@@ -111,8 +111,9 @@ async def test_realistic_refusals_compensate(stack: Stack) -> None:
 async def test_starting_the_same_id_twice_starts_one_saga(stack: Stack) -> None:
     before = await stock_levels(stack)
     saga_id = f"dup-{uuid.uuid4().hex[:6]}"
-    first = await stack.run("order", order(), saga_id=saga_id)
-    second = await stack.run("order", order(), saga_id=saga_id)
+    data = order()
+    first = await stack.run("order", data, saga_id=saga_id)
+    second = await stack.run("order", data, saga_id=saga_id)
     assert first.status == second.status == "completed"
     assert await stock_levels(stack) == {"sku-1": before["sku-1"] - 2, "sku-2": before["sku-2"] - 1}
     assert await ledger(stack, saga_id) == (4200, 0)

@@ -44,7 +44,11 @@ json_values = st.recursive(
 def _valid(info: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
     """Values of the field's own type, as JSON."""
     if isinstance(info, msgspec.inspect.StrType):
-        return st.text(max_size=16)
+        if info.pattern is None:
+            return st.text(max_size=min(16, info.max_length or 16))
+        # A bounded name or id: the end-of-string lookahead of the pattern is Python's \Z.
+        pattern = info.pattern.replace("(?![\\s\\S])", "\\Z")
+        return st.from_regex(pattern, fullmatch=True).filter(lambda text: len(text) <= (info.max_length or 16))
     if isinstance(info, msgspec.inspect.IntType):
         return st.integers()
     if isinstance(info, msgspec.inspect.FloatType):
@@ -176,7 +180,9 @@ def test_any_valid_reply_is_applied_or_recorded_and_the_result_can_be_stored(
     started = decide(
         order,
         None,
-        Start(saga_id="s-1", data={"order_id": "o", "customer_id": "c", "items": [], "amount": 1}),
+        Start(
+            saga_id="s-1", data={"order_id": "o", "customer_id": "c", "items": [{"sku": "s", "qty": 1}], "amount": 1}
+        ),
         now,
     ).instance
     assert started is not None and started.awaiting is not None

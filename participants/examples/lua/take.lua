@@ -23,7 +23,8 @@ for i = 3, #ARGV, 2 do
 end
 local taken = {}
 for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], -tonumber(ARGV[i + 1]))
+  -- 0 - n, not -n: Lua's -0 reaches Redis as "-0", which is not an integer to HINCRBY.
+  redis.call('HINCRBY', KEYS[1], ARGV[i], 0 - tonumber(ARGV[i + 1]))
   taken[ARGV[i]] = tonumber(ARGV[i + 1])
 end
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(taken))

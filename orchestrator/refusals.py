@@ -1,0 +1,145 @@
+"""Refusals travel back: a refused start is answered at once, a refused reply is written where people look.
+
+A start the orchestrator will not run (it does not decode, names an unknown
+saga type or a queue its outcome may not go to, its data does not fit, or
+its id is taken by another start) is dead-lettered like any poison, and
+also answered: a `SagaEvent` with status `rejected` and the reason goes to
+its `reply_to` (where allowed) and onto `<ns>.events` as
+`<type>.<id>.rejected`, and a record under its id stays for the retention
+period, for `saga show`. A reply that is refused but still names a saga
+goes into that saga's history, and its timeout will say so.
+
+Of a message that does not decode only a few fields are read, leniently and
+each within its bounds; nothing else of it is trusted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from orchestrator.engine import Engine
+from participants.edge.amqp import Envelope, Rejected
+from statemachines.decide import RefusedReply
+from statemachines.messages import REJECTED, ErrorInfo, SagaEvent, encode
+from statemachines.names import MAX_ID, MAX_NAME, MAX_QUEUE, id_problem, name_problem, reply_to_problem
+
+
+class About(msgspec.Struct):
+    """What can be told of a start or a reply, valid or not: each field None unless it is within its bounds."""
+
+    saga_type: str | None = None
+    saga_id: str | None = None
+    reply_to: str | None = None
+    participant: str | None = None
+    in_reply_to: str | None = None
+
+
+class _Loose(msgspec.Struct):
+    saga_type: msgspec.Raw | None = None
+    saga_id: msgspec.Raw | None = None
+    reply_to: msgspec.Raw | None = None
+    participant: msgspec.Raw | None = None
+    in_reply_to: msgspec.Raw | None = None
+
+
+_loose = msgspec.json.Decoder(_Loose)
+_string = msgspec.json.Decoder(str)
+
+
+def _text(raw: msgspec.Raw | None, limit: int | None = None) -> str | None:
+    """The JSON string in `raw` (if it is one, of at most `limit` characters)."""
+    if raw is None or (limit is not None and len(raw) > limit + 2) or not bytes(raw).startswith(b'"'):
+        return None
+    try:
+        return _string.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def about(body: bytes, fallback_id: str | None = None) -> About:
+    """The saga type, id, reply_to and sender a message names, read leniently; what is out of bounds stays None."""
+    try:
+        loose = _loose.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        loose = _Loose()
+    saga_type = _text(loose.saga_type, MAX_NAME)
+    # Only a start without an id of its own goes by its message's id.
+    saga_id = _text(loose.saga_id, MAX_ID) if loose.saga_id is not None else fallback_id
+    participant = _text(loose.participant, MAX_NAME)
+    return About(
+        saga_type=saga_type if name_problem(saga_type) is None else None,
+        saga_id=saga_id if id_problem(saga_id) is None else None,
+        reply_to=_text(loose.reply_to, MAX_QUEUE),
+        participant=participant if name_problem(participant) is None else None,
+        in_reply_to=_text(loose.in_reply_to, MAX_QUEUE),
+    )
+
+
+def bounds_problem(body: bytes) -> str | None:
+    """Why a start's type, id or reply_to is out of bounds, in words, where one is."""
+    try:
+        loose = _loose.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    checks: tuple[tuple[str, msgspec.Raw | None, Callable[[str], str | None]], ...] = (
+        ("saga_type", loose.saga_type, lambda value: name_problem(value, "the saga type")),
+        ("saga_id", loose.saga_id, id_problem),
+        ("reply_to", loose.reply_to, reply_to_problem),
+    )
+    for field, raw, check in checks:
+        if raw is None or bytes(raw) == b"null":
+            continue
+        value = _text(raw)
+        problem = f"{field} must be a string" if value is None else check(value)
+        if problem is not None:
+            return problem
+    return None
+
+
+class Refusals:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    async def start(self, start: About, code: str, reason: str) -> Rejected:
+        """Tell the sender of a refused start, keep the record, count it; returns the Rejected that dead-letters it.
+
+        `start.reply_to` must be one the outcome may go to (None if not).
+        """
+        engine = self.engine
+        names = engine.names
+        saga_id = start.saga_id or ""
+        event = SagaEvent(
+            saga_id=saga_id,
+            saga_type=start.saga_type or "",
+            status=REJECTED,
+            state="new",
+            at=self.clock(),
+            error=ErrorInfo(code, reason),
+        )
+        # A conflict's saga exists and runs on: its history has the refusal.
+        if start.saga_id and code != "conflict":
+            await engine.store.reject(event)
+        body = encode(event)
+        message_id = f"{saga_id or '_'}:{REJECTED}:{int(event.at * 1000)}"
+        key = names.event_key(start.saga_type or "_", saga_id or "_", REJECTED)
+        envelopes = [Envelope(names.events_exchange, key, body, message_id, saga_id, "SagaEvent")]
+        if start.reply_to:
+            envelopes.append(Envelope("", start.reply_to, body, message_id, saga_id, "SagaEvent"))
+        await engine.broker.publish(envelopes)
+        await engine.store.count("rejected_starts")
+        return Rejected(reason, start.saga_id)
+
+    async def reply(self, reply: About, reason: str) -> Rejected:
+        """Write a refused reply into the history of the saga it names; returns the Rejected that dead-letters it."""
+        if reply.saga_id is not None:
+            sender = reply.participant or "a participant"
+            why = reason.removeprefix("not a valid Reply: ")
+            refused = RefusedReply(f"reply from {sender} refused: {why}", reply.in_reply_to)
+            decision = await self.engine.apply(reply.saga_id, refused)
+            if decision.instance is not None:
+                await self.engine.store.count("refused_replies")
+        return Rejected(reason, reply.saga_id)
