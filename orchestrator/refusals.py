@@ -38,20 +38,25 @@ class About(msgspec.Struct):
 
 
 class _Loose(msgspec.Struct):
-    saga_type: msgspec.Raw | None = None
-    saga_id: msgspec.Raw | None = None
-    reply_to: msgspec.Raw | None = None
-    participant: msgspec.Raw | None = None
-    in_reply_to: msgspec.Raw | None = None
+    # Raw: a value of any shape is kept as its JSON text, never built; empty when absent.
+    saga_type: msgspec.Raw = msgspec.Raw()
+    saga_id: msgspec.Raw = msgspec.Raw()
+    reply_to: msgspec.Raw = msgspec.Raw()
+    participant: msgspec.Raw = msgspec.Raw()
+    in_reply_to: msgspec.Raw = msgspec.Raw()
 
 
 _loose = msgspec.json.Decoder(_Loose)
 _string = msgspec.json.Decoder(str)
 
 
-def _text(raw: msgspec.Raw | None, limit: int | None = None) -> str | None:
+def _absent(raw: msgspec.Raw) -> bool:
+    return len(raw) == 0 or bytes(raw) == b"null"
+
+
+def _text(raw: msgspec.Raw, limit: int | None = None) -> str | None:
     """The JSON string in `raw` (if it is one, of at most `limit` characters)."""
-    if raw is None or (limit is not None and len(raw) > limit + 2) or not bytes(raw).startswith(b'"'):
+    if (limit is not None and len(raw) > limit + 2) or not bytes(raw).startswith(b'"'):
         return None
     try:
         return _string.decode(raw)
@@ -67,7 +72,7 @@ def about(body: bytes, fallback_id: str | None = None) -> About:
         loose = _Loose()
     saga_type = _text(loose.saga_type, MAX_NAME)
     # Only a start without an id of its own goes by its message's id.
-    saga_id = _text(loose.saga_id, MAX_ID) if loose.saga_id is not None else fallback_id
+    saga_id = fallback_id if _absent(loose.saga_id) else _text(loose.saga_id, MAX_ID)
     participant = _text(loose.participant, MAX_NAME)
     return About(
         saga_type=saga_type if name_problem(saga_type) is None else None,
@@ -84,13 +89,13 @@ def bounds_problem(body: bytes) -> str | None:
         loose = _loose.decode(body)
     except (msgspec.DecodeError, RecursionError):
         return None
-    checks: tuple[tuple[str, msgspec.Raw | None, Callable[[str], str | None]], ...] = (
+    checks: tuple[tuple[str, msgspec.Raw, Callable[[str], str | None]], ...] = (
         ("saga_type", loose.saga_type, lambda value: name_problem(value, "the saga type")),
         ("saga_id", loose.saga_id, id_problem),
         ("reply_to", loose.reply_to, reply_to_problem),
     )
     for field, raw, check in checks:
-        if raw is None or bytes(raw) == b"null":
+        if _absent(raw):
             continue
         value = _text(raw)
         problem = f"{field} must be a string" if value is None else check(value)
