@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 
 from statemachines.messages import OUTCOME_UNKNOWN
+from statemachines.names import name_problem
 
 Payload = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Saga and step names become routing keys and Redis keys: bounded (names.MAX_NAME).
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 # Forward states are named after their step, so a step may not take the name
 # of a state the compiler makes itself.
 RESERVED_NAMES = frozenset({"new", "completed", "compensated", "stuck"})
@@ -179,6 +181,10 @@ class Step:
             value = getattr(self, field)
             if not isinstance(value, str) or not value:
                 found.append(f"{field} must be a non-empty string, got {value!r}")
+        # The participant names a queue and is a routing key.
+        bounds = name_problem(self.participant, "a participant name") if isinstance(self.participant, str) else None
+        if self.participant and bounds is not None:
+            found.append(bounds)
         if self.compensation is not None and (not isinstance(self.compensation, str) or not self.compensation):
             found.append(f"compensation must be a non-empty string or None, got {self.compensation!r}")
         if not _positive(self.timeout):
@@ -236,7 +242,7 @@ class Saga:
             return SagaDefinitionError(name, step, problem)
 
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise fail("a saga name is lower_snake_case letters, digits and underscores")
+            raise fail("a saga name is lower_snake_case letters, digits and underscores, up to 64")
         if unknown:
             raise fail(f"unknown option {sorted(unknown)[0]!r}")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
@@ -254,7 +260,7 @@ class Saga:
                 raise fail(f"steps must be Step objects, got {step!r}")
             label = step.name if isinstance(step.name, str) else repr(step.name)
             if not isinstance(step.name, str) or not _NAME.fullmatch(step.name):
-                raise fail("a step name is lower_snake_case letters, digits and underscores", label)
+                raise fail("a step name is lower_snake_case letters, digits and underscores, up to 64", label)
             if step.name in RESERVED_NAMES or step.name.startswith("compensating_"):
                 raise fail("this name is taken by a state the compiler makes", label)
             if step.name in seen:

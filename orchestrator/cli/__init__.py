@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -49,6 +50,10 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `saga participant mymodule:worker` and `--sagas mymodule` find a module in the current
+    # directory, as `python -m` would; last, so that it shadows nothing installed.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     args, extra = build_parser().parse_known_args(argv)
     if extra:
         # Named by the subcommand that got it, with that subcommand's usage (exits 2, as argparse does).

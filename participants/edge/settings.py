@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from statemachines.names import DEFAULT_NAMESPACE, Names
+from statemachines.names import DEFAULT_NAMESPACE, Names, name_problem
 
 MiB = 1024 * 1024
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -41,10 +41,15 @@ class Settings:
 
         `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits.
         """
+        namespace = namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE
+        # It prefixes every queue and key: bounded, like every name that becomes one.
+        problem = name_problem(namespace, "the namespace")
+        if problem is not None:
+            raise BadSetting(f"{problem} (--namespace or SAGA_NAMESPACE)")
         return cls(
             amqp_url=amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL,
             redis_url=redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL,
-            namespace=namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE,
+            namespace=namespace,
             max_message_bytes=_positive("SAGA_MAX_MESSAGE_BYTES", MiB),
             retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
         )

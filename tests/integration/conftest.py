@@ -89,6 +89,19 @@ def _containers(amqp: str | None, redis: str | None, started: list[Any]) -> tupl
     return amqp, redis
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_services_stay_up(services: tuple[str, str]) -> Iterator[None]:
+    """`make test` never stops, restarts or kills the RabbitMQ and Redis it shares with others (see shared.py)."""
+    from tests.integration.shared import Watch
+
+    watch = Watch(*services)
+    watch.start()
+    yield
+    problems = watch.stop()
+    if problems:
+        pytest.fail("the shared services did not run throughout: " + "; ".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def settings(services: tuple[str, str]) -> Settings:
     amqp, redis = services

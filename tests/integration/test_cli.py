@@ -106,6 +106,10 @@ def test_start_wait_prints_the_outcome_and_exits_by_it(settings: Settings, every
     doc = json.loads(saga(settings, "show", "cli-1", "--json").stdout)
     assert doc["status"] == "completed" and [h["event"] for h in doc["history"]].count("start") == 1
 
+    table = saga(settings, "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "TYPE", "STATUS", "STATE", "CREATED", "UPDATED"]
+    [row] = [line for line in table if line.startswith("cli-1 ")]
+    assert row.count(" UTC") == 2, "created and updated, with their time zone"
     listed = saga(settings, "list", "--status", "completed", "--json")
     assert [json.loads(line)["saga_id"] for line in listed.stdout.splitlines()] == ["cli-1"]
     assert "1 saga(s)" in saga(settings, "list", "--status", "compensated").stderr
@@ -173,6 +177,21 @@ def test_bad_input_gets_a_sentence_not_a_traceback(settings: Settings) -> None:
         assert result.stderr.startswith("saga: ") and "Traceback" not in result.stderr
     unknown_flag = saga(settings, "start", "order", "--colour", "red")
     assert unknown_flag.returncode == 2 and "Traceback" not in unknown_flag.stderr
+    # The flag is named, by the subcommand, with its usage.
+    assert unknown_flag.stderr.startswith("usage: saga start ")
+    assert "saga start: error: unrecognized arguments: --colour red" in unknown_flag.stderr
+    nested = saga(settings, "dead-letters", "list", "--bogus")
+    assert nested.returncode == 2 and "saga dead-letters list: error: unrecognized arguments: --bogus" in nested.stderr
+
+
+def test_version_and_help(settings: Settings) -> None:
+    version = saga(settings, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("saga ") and version.stdout.strip() != "saga"
+    helped = saga(settings, "--help")
+    assert helped.returncode == 0 and "==SUPPRESS==" not in helped.stdout
+    assert "dead-letters" in helped.stdout and "bench-responder" not in helped.stdout
+    start = saga(settings, "start", "--help")
+    assert "4 the start was refused" in " ".join(start.stdout.split())
 
 
 def test_sigterm_drains_and_a_restart_finishes_everything(settings: Settings, everything: Processes) -> None:

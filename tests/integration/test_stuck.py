@@ -90,6 +90,7 @@ async def test_a_failing_compensation_is_stuck_and_saga_retry_finishes_it(
         assert shown.returncode == 0, shown.stderr
         assert "status    stuck" in shown.stdout
         assert "error     ledger_down: the ledger is read-only" in shown.stdout
+        assert "step      reserve (compensate), attempt 2" in shown.stdout, "where it is stuck, first"
         doc = json.loads((await cli(settings, "show", saga_id, "--json")).stdout)
         assert doc["status"] == "stuck" and doc["error"]["code"] == "ledger_down"
 
@@ -106,6 +107,9 @@ async def test_a_failing_compensation_is_stuck_and_saga_retry_finishes_it(
         again = await cli(settings, "retry", saga_id, "--sagas", MODULE)
         assert again.returncode == 0, again.stdout + again.stderr
         assert "not stuck: nothing to resume" in again.stdout
+        # Nothing to do is no error to either command: they agree.
+        nothing = await cli(settings, "compensate", saga_id, "--sagas", MODULE)
+        assert nothing.returncode == 0 and "nothing to compensate" in nothing.stdout, nothing.stdout + nothing.stderr
         entries = await store.history(saga_id)
         assert [(h.event, h.dest) for h in transitions(entries)] == [
             ("start", "reserve"),

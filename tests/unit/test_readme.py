@@ -18,3 +18,23 @@ def test_the_readme_harness_example_passes() -> None:
     assert len(tests) == 2
     for test in tests:
         test()
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_readme_saga_declaration_runs() -> None:
+    [example] = [block for block in _blocks("python") if "order = Saga(" in block]
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    saga = namespace["order"]
+    assert [step.name for step in saga.steps] == ["reserve_inventory", "charge_payment", "create_shipment"]
+
+
+def test_the_readme_mermaid_block_is_the_real_output() -> None:
+    from statemachines import graph
+    from statemachines.sagas import order
+
+    [block] = _blocks("mermaid")
+    assert block == graph.mermaid(order), "paste the output of `saga graph order` into the README"
