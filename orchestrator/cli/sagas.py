@@ -84,7 +84,8 @@ async def start_saga(args: argparse.Namespace, settings: Settings) -> int:
     except SagaRejected as refusal:
         if args.wait:
             print(msgspec.json.encode(refusal.event).decode())
-        print(f"saga: rejected: {refusal.reason}", file=sys.stderr)
+        hint = " (saga start TYPE --data JSON)" if args.data is None and refusal.code == "invalid_data" else ""
+        print(f"saga: rejected: {refusal.reason}{hint}", file=sys.stderr)
         return EXIT_CONFLICT if isinstance(refusal, SagaConflict) else EXIT_REJECTED
     print(msgspec.json.encode(event).decode())
     return EXIT_OK if event.status == "completed" else EXIT_FAILED

@@ -91,8 +91,10 @@ async def test_the_readme_client_script_runs(stack: Stack, tmp_path: Path) -> No
 
     done = await asyncio.to_thread(run)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [
-        "True completed",
+    started, *rest = done.stdout.splitlines()
+    assert re.fullmatch(r"started [0-9a-f-]{36}", started), started
+    assert rest == [
+        "o-1 completed",
         "refused: data does not fit saga 'order': Expected `int` >= 1 - at `$.amount`",
         "conflict: saga 'o-1' exists already, started with other data: start a different saga under a new id",
     ]

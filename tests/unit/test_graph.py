@@ -127,12 +127,13 @@ def test_operator_triggers_are_left_out_unless_asked(export: Callable[..., str])
 def test_awkward_names_and_text_do_not_break_mermaid_or_dot() -> None:
     saga = Saga(
         "awkward",
-        [Step("note", participant='say "hi"', command="a<b>#1;", compensation="undo\\it")],
+        # A participant name is a queue name, bounded; a command may say anything.
+        [Step("note", participant="speaker", command='say "hi" a<b>#1;', compensation="undo\\it")],
     )
     text = mermaid(saga)
-    assert 'state "note<br/>say #quot;hi#quot;: a#lt;b#gt;#35;1#59;<br/>' in text
+    assert 'state "note<br/>speaker: say #quot;hi#quot; a#lt;b#gt;#35;1#59;<br/>' in text
     assert "[*] --> new\n    new --> note_ : start" in text
-    assert 'say \\"hi\\": a<b>#1;' in dot(saga)
+    assert 'speaker: say \\"hi\\" a<b>#1;' in dot(saga)
     assert "undo\\\\it" in dot(saga)
 
 
