@@ -4,5 +4,6 @@ COPY pyproject.toml README.md ./
 COPY statemachines statemachines
 COPY orchestrator orchestrator
 COPY participants participants
-RUN pip install --no-cache-dir .
+# The extras: /metrics (SAGA_METRICS_PORT), traces (OTEL_*), and saga web.
+RUN pip install --no-cache-dir '.[metrics,tracing,web]'
 ENTRYPOINT ["saga"]

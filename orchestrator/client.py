@@ -18,6 +18,7 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from orchestrator.store import RedisStore
+from participants.edge import observe
 from participants.edge.amqp import Broker, Envelope
 from participants.edge.connections import connect_redis
 from participants.edge.settings import Settings
@@ -173,7 +174,8 @@ class SagaClient:
             )
         # Of what the orchestrator will read, so that both sides digest the same JSON.
         digest = start_digest(saga_type, _start.decode(body).data)
-        return Envelope("", self.names.start_queue, body, saga_id, saga_id, "StartSaga"), digest
+        headers = observe.start_headers(saga_type, saga_id)
+        return Envelope("", self.names.start_queue, body, saga_id, saga_id, "StartSaga", None, headers), digest
 
     async def _start_and_wait(
         self, saga_type: str, saga_id: str, envelope: Envelope, digest: str, until: Collection[str]

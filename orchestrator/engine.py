@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
+from participants.edge import observe
 from participants.edge.amqp import Broker, Envelope, pack, unpack
 from statemachines.decide import Decision, Due, Event, Start, decide
 from statemachines.dsl import Saga
@@ -96,6 +97,7 @@ class Engine:
 
     async def apply(self, saga_id: str, event: Event, saga: Saga | None = None) -> Decision:
         """Apply one event to one saga, exactly once however many processes race."""
+        observe.about(saga_id)
         async with self._locks.hold(saga_id):
             # A guess spares a read on the hot path: for a reply, what this
             # process last wrote; for a start, that the saga is new. The
@@ -121,6 +123,7 @@ class Engine:
                     if not trusted:
                         continue  # "nothing to do" is only believed of what Redis says
                     await self.store.record(saga_id, decision.history)
+                    observe.unchanged(event, decision)
                     self.stats["unchanged"] += 1
                     return decision
                 new = decision.instance
@@ -133,6 +136,7 @@ class Engine:
                 else:
                     written = await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox)
                 if written:
+                    observe.committed(inst, event, decision)
                     return await self._committed(decision, envelopes)
                 attempted = (decision, envelopes)
                 self.stats["conflicts"] += 1
@@ -166,6 +170,7 @@ class Engine:
                     correlation_id=command.saga_id,
                     kind="Command",
                     reply_to=names.reply_queue,
+                    headers=observe.command_headers(inst, command),
                 )
             )
         for event in decision.events:

@@ -19,6 +19,7 @@ from orchestrator.refusals import Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.starts import Starts
 from orchestrator.store import RedisStore
+from participants.edge import observe
 from participants.edge.amqp import Broker, Rejected
 from participants.edge.connections import connect_redis
 from participants.edge.process import serve
@@ -77,7 +78,9 @@ class Orchestrator:
             asyncio.create_task(self.engine.clear_confirmed(), name="clear-outboxes"),
             asyncio.create_task(self._deadlines(), name="deadlines"),
             asyncio.create_task(self._sweeps(), name="sweeps"),
+            asyncio.create_task(observe.poll(redis, names), name="metrics"),
         ]
+        observe.serving(redis, names)
         broker.on_dead_letter = lambda queue, _: store.count(f"dead_letters:{queue}")
         await broker.consume(names.start_queue, self._on_start, self.tuning.prefetch)
         await broker.consume(names.reply_queue, self._on_reply, self.tuning.prefetch)

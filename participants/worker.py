@@ -40,6 +40,7 @@ import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
+from participants.edge import observe
 from participants.edge.amqp import Broker, Envelope
 from participants.edge.clip import clip
 from participants.edge.connections import connect_redis
@@ -174,6 +175,7 @@ class Worker:
         """Answer one command; returning means the message may be acked."""
         assert self.redis is not None and self.broker is not None
         command = decode(Command, message.body)
+        observe.about(command.saga_id, command.saga_type, command.step, command.attempt)
         tag = f"{{{command.saga_id}}}"
         keys = (
             self.names.participant_key(self.name, "reply", tag, command.message_id),
@@ -186,6 +188,7 @@ class Worker:
         while True:
             begun = await self._scripts.call(self.redis, "begin", keys, [token, int(self.lock_seconds * 1000)])
             if begun[0] == b"cached":
+                observe.duplicate(self.name, command, command.command in self.handlers)
                 await self._send(command, begun[1])
                 return
             if begun[0] == b"run":
@@ -196,7 +199,9 @@ class Worker:
             await asyncio.sleep(0.05)
         record = {bytes(k).decode(): bytes(v).decode() for k, v in zip(begun[1::2], begun[2::2], strict=True)}
         try:
-            reply, fields = await self._answer(command, record)
+            with observe.handling(self.name, command, command.command in self.handlers) as handling:
+                reply, fields = await self._answer(command, record)
+                handling.answered(reply)
             body = encode(reply)
         except BaseException:
             # Redelivered, this command must not wait out a lock nobody holds any more.
@@ -272,6 +277,8 @@ class Worker:
 
     async def _send(self, command: Command, body: bytes) -> None:
         assert self.broker is not None
+        message_id = f"{command.message_id}/{self.name}"
+        headers = observe.reply_headers()
         await self.broker.publish(
-            [Envelope("", command.reply_to, body, f"{command.message_id}/{self.name}", command.saga_id, "Reply")]
+            [Envelope("", command.reply_to, body, message_id, command.saga_id, "Reply", None, headers)]
         )

@@ -43,6 +43,9 @@ class SagaInstance(msgspec.Struct, kw_only=True):
     refused_reply: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    # The W3C traceparent of the saga's own span, when tracing is on: every
+    # later span of the saga joins its trace, in whichever process.
+    trace: str | None = None
 
     @property
     def wake_at(self) -> float | None:

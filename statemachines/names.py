@@ -167,6 +167,11 @@ class Names:
     def counters_key(self) -> str:
         return f"{self.namespace}:counters"
 
+    @property
+    def stuck_index(self) -> str:
+        """Stuck sagas by when they got stuck (ms), for the metrics: no scan of every saga."""
+        return f"{self.namespace}:stuck"
+
     def participant_key(self, participant: str, *parts: str) -> str:
         """A key of a participant's own, e.g. its record of one saga's step."""
         return ":".join((self.namespace, "participant", participant, *parts))

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, tools
+from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, tools, watch, web
 from orchestrator.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, UsageError
 from orchestrator.registry import UnknownSaga
+from participants.edge import logs, tracing
 from participants.edge.connections import Unreachable
 from participants.edge.settings import BadSetting, Settings
 
@@ -30,7 +31,7 @@ except ImportError:  # pragma: no cover - Windows
     from asyncio import run  # type: ignore[assignment]
 
 # In the order `saga --help` lists their commands.
-GROUPS = (serve, sagas, operate, dead_letters, graph, tools, protocol)
+GROUPS = (serve, sagas, watch, operate, dead_letters, graph, web, tools, protocol)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,13 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         # Named by the subcommand that got it, with that subcommand's usage (exits 2, as argparse does).
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(args.log_level, args.log_format)
     # transitions logs every callback at INFO: thousands of lines a second.
     logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
+        tracing.configure_from_env(args.command)
         settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
         return int(run(args.handler(args, settings)))
-    except (Unreachable, UsageError, UnknownSaga, BadSetting) as exc:
+    except (Unreachable, UsageError, UnknownSaga, BadSetting, tracing.TracingMissing) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED
     except KeyboardInterrupt:

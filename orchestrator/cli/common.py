@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,45 @@ def command(
     parser.add_argument("--redis-url", help="Redis URL (default: $SAGA_REDIS_URL or redis://127.0.0.1:6379/0)")
     parser.add_argument("--namespace", help="prefix of every queue and key (default: $SAGA_NAMESPACE or saga)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("SAGA_LOG_FORMAT") or "text",
+        choices=["text", "json"],
+        help="json: one object per line, with saga_id, saga_type, step, attempt (default: $SAGA_LOG_FORMAT or text)",
+    )
     return parser
+
+
+def metrics_flags(parser: argparse.ArgumentParser) -> None:
+    """--metrics-port and --metrics-host, for the processes that serve /metrics."""
+    default = os.environ.get("SAGA_METRICS_PORT")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(default) if default and default.isdigit() else None,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port, 0 for any free one (default: $SAGA_METRICS_PORT, else off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=os.environ.get("SAGA_METRICS_HOST") or "127.0.0.1",
+        metavar="HOST",
+        help="address to serve metrics on (default: $SAGA_METRICS_HOST or 127.0.0.1)",
+    )
+
+
+def serve_metrics(args: argparse.Namespace) -> None:
+    """Turn metrics on if --metrics-port asks for them."""
+    if args.metrics_port is None:
+        return
+    from participants.edge import metrics
+
+    try:
+        metrics.serve(args.metrics_port, args.metrics_host)
+    except metrics.MetricsMissing as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}") from None
 
 
 def sagas_flag(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def export_graph(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import graphviz
+    from orchestrator.progress import path_of
     from statemachines import graph
 
     saga = Registry.from_module(args.sagas).latest(args.saga_type)
@@ -32,7 +33,7 @@ async def export_graph(args: argparse.Namespace, settings: Settings) -> int:
             history = await sagas.history(args.saga)
         if not history:
             raise UsageError(f"no history for saga {args.saga!r} in namespace {settings.namespace!r}")
-        path = [history[0].source] + [h.dest for h in history if h.dest != h.source]
+        path = path_of(history)
     if args.format == "mermaid":
         out: bytes = graph.mermaid(saga, path=path).encode()
     else:

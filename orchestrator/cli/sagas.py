@@ -20,6 +20,7 @@ from orchestrator.cli.common import (
     store,
     when,
 )
+from orchestrator.cli.watch import progress_on_terminal
 from orchestrator.config import Settings
 from statemachines.messages import FINAL
 
@@ -77,7 +78,8 @@ async def start_saga(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_OK
             print(saga_id, file=sys.stderr)
             try:
-                event = await client.start(args.saga_type, data, saga_id, wait=True, timeout=args.timeout)
+                async with progress_on_terminal(settings, saga_id):
+                    event = await client.start(args.saga_type, data, saga_id, wait=True, timeout=args.timeout)
             except TimeoutError:
                 print(json.dumps({"saga_id": saga_id, "status": "timeout", "waited": args.timeout}))
                 return EXIT_WAIT_TIMEOUT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from orchestrator.cli.common import EXIT_OK, UsageError, command, sagas_flag
+from orchestrator.cli.common import EXIT_OK, UsageError, command, metrics_flags, sagas_flag, serve_metrics
 from orchestrator.config import Settings
 from orchestrator.registry import Registry
 
@@ -15,11 +15,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sagas_flag(p)
     p.add_argument("--prefetch", type=int, default=256, help="deliveries in flight per queue (default: 256)")
     p.add_argument("--tick", type=float, default=0.05, help="seconds between looks for due timeouts (default: 0.05)")
+    metrics_flags(p)
 
     p = command(
         sub, "participant", "run a participant worker, e.g. participants.examples.inventory:worker", run_participant
     )
     p.add_argument("target", metavar="MODULE:OBJECT")
+    metrics_flags(p)
 
 
 async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
@@ -28,6 +30,7 @@ async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     if args.prefetch < 1 or args.tick <= 0:
         raise UsageError("--prefetch must be at least 1 and --tick positive")
     tuning = Tuning(prefetch=args.prefetch, tick=args.tick)
+    serve_metrics(args)
     await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
     return EXIT_OK
 
@@ -42,5 +45,6 @@ async def run_participant(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot load participant {args.target!r}: {exc}") from None
     if not isinstance(worker, Worker):
         raise UsageError(f"{args.target!r} is not a participants.worker.Worker")
+    serve_metrics(args)
     await worker.run(settings)
     return EXIT_OK

@@ -29,6 +29,7 @@ from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from participants.edge import observe
 from participants.edge.acks import Acks
 from participants.edge.clip import clip
 from participants.edge.connections import connect_amqp
@@ -70,6 +71,8 @@ class Envelope(msgspec.Struct, array_like=True):
     correlation_id: str
     kind: str
     reply_to: str | None = None
+    # AMQP headers: the W3C traceparent when tracing is on.
+    headers: dict[str, str] | None = None
 
 
 _envelopes = msgspec.msgpack.Decoder(list[Envelope])
@@ -165,9 +168,11 @@ class Broker:
             self._in_flight += 1
             self._idle.clear()
             self._acks.started(message)
+            traced = observe.consuming(message.headers)
             try:
                 await self._process(queue, handle, message)
             finally:
+                observe.consumed(traced)
                 self._in_flight -= 1
                 if self._in_flight == 0:
                     self._idle.set()
@@ -176,8 +181,10 @@ class Broker:
 
     async def _process(self, queue: str, handle: Handler, message: AbstractIncomingMessage) -> None:
         saga_id = None
+        kind = "rejected"
         try:
             if len(message.body) > self.max_message_bytes:
+                kind = "too_large"
                 raise Rejected(f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}")
             await self._patiently(handle, message)
             self._acks.finished(message)
@@ -185,6 +192,9 @@ class Broker:
         except (Rejected, MalformedMessage) as exc:
             reason = str(exc)
             saga_id = getattr(exc, "saga_id", None)
+            # A refusal that answers a message which did not decode is still a malformed one.
+            malformed = isinstance(exc, MalformedMessage) or isinstance(exc.__context__, MalformedMessage)
+            kind = "malformed" if malformed else kind
         except Exception as exc:
             if delivery_count(message) + 1 < DELIVERY_LIMIT:
                 log.warning("%s: processing failed, the message will be redelivered: %s", queue, clip(exc))
@@ -193,8 +203,10 @@ class Broker:
                 self._acks.abandoned(message)
                 return
             reason = f"processing failed {DELIVERY_LIMIT} times, the last time with {exc!r}"
+            kind = "failed"
         log.warning("%s: dead-lettering message %s: %s", queue, clip(message.message_id), clip(reason))
         self.dead_letters[queue] += 1
+        observe.dead_lettered(queue, kind)
         with contextlib.suppress(Exception):
             await self.dead_letter(message, queue, reason, saga_id)
             if self.on_dead_letter is not None:
@@ -240,6 +252,7 @@ class Broker:
         # Straight to aiormq: an aio_pika.Message per publish costs more than
         # the rest of the publish; the robust channel still reconnects.
         channel = await self.channel.get_underlay_channel()
+        extra: dict[str, Any] | None = headers or envelope.headers
         properties = Basic.Properties(
             content_type="application/json",
             delivery_mode=2,  # persistent
@@ -247,7 +260,7 @@ class Broker:
             correlation_id=envelope.correlation_id,
             reply_to=envelope.reply_to,
             message_type=envelope.kind,
-            headers=headers,
+            headers=extra,
         )
         # A nack from the broker raises aiormq's DeliveryError.
         await channel.basic_publish(
