@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pty
 import subprocess
@@ -25,8 +26,8 @@ async def test_watch_prints_each_step_as_it_happens_and_exits_with_the_outcome(s
         missing = await cli(settings, "watch", "no-such-saga")
     assert watched.returncode == 0, watched.stderr
     lines = watched.stdout.splitlines()
-    moves = [line.split()[3:6] for line in lines[:-1] if "->" in line]
-    assert [m[2] for m in moves] == [f"s{n}" for n in range(STEPS)] + ["completed"]
+    entered = [line.split(" -> ")[1].split()[0] for line in lines[:-1] if " -> " in line]
+    assert entered == [f"s{n}" for n in range(STEPS)] + ["completed"]
     assert lines[-1] == "completed in completed"
     assert watched_failed.returncode == 1 and watched_failed.stdout.splitlines()[-1] == "compensated in compensated"
     assert missing.returncode == 1 and "no saga 'no-such-saga'" in missing.stderr
@@ -35,8 +36,7 @@ async def test_watch_prints_each_step_as_it_happens_and_exits_with_the_outcome(s
 def _start_on_a_terminal(settings: Settings, saga_id: str) -> tuple[int, str]:
     """`saga start --wait` with its stderr on a pseudo-terminal: (exit code, what the terminal showed)."""
     leader, follower = pty.openpty()
-    args = ("start", "order", "--wait", "--id", saga_id, "--data", '{"order_id": "o", "customer_id": "c", "items": [], '
-            '"amount": 5}')  # fmt: skip
+    args = ("start", "order", "--wait", "--id", saga_id, "--data", json.dumps(order()))
     process = subprocess.Popen(saga_command(*args), env=saga_env(settings), stdout=subprocess.PIPE, stderr=follower)
     os.close(follower)
     shown = b""
@@ -57,8 +57,7 @@ async def test_start_wait_shows_the_steps_on_a_terminal_only(settings: Settings)
     async with running(settings, workers=example_workers()):
         saga_id = f"o-{uuid.uuid4().hex[:6]}"
         code, shown = await asyncio.to_thread(_start_on_a_terminal, settings, saga_id)
-        piped = await cli(settings, "start", "order", "--wait", "--data", '{"order_id": "p", "customer_id": "c", '
-                          '"items": [], "amount": 5}')  # fmt: skip
+        piped = await cli(settings, "start", "order", "--wait", "--data", json.dumps(order()))
     assert code == 0
     assert saga_id in shown
     for step in ("reserve_inventory", "charge_payment", "create_shipment"):
