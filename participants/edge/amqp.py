@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelLockedResource, ChannelNotFoundEntity
+from aiormq.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelLockedResource,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
 from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -93,6 +100,10 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
     return count if isinstance(count, int) else 0
 
 
+async def _exchange(channel: AbstractChannel, name: str, kind: ExchangeType) -> None:
+    await channel.declare_exchange(name, kind, durable=True)
+
+
 class Broker:
     def __init__(self, connection: AbstractRobustConnection, names: Names, max_message_bytes: int = MiB) -> None:
         self.connection = connection
@@ -126,9 +137,36 @@ class Broker:
             (names.events_exchange, ExchangeType.TOPIC),
             (names.dead_exchange, ExchangeType.TOPIC),
         ):
-            self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True)
-        dead = await channel.declare_queue(names.dead_queue, durable=True)
+            passive = not await self._declarable(functools.partial(_exchange, name=name, kind=kind))
+            self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True, passive=passive)
+        dead = await self._declare(channel, names.dead_queue, {})
         await dead.bind(names.dead_exchange, "#")
+
+    async def _declarable(self, declare: Callable[[AbstractChannel], Awaitable[Any]]) -> bool:
+        """Whether `declare` succeeds, tried on a channel of its own.
+
+        Whoever declares a queue or an exchange first wins: one that exists
+        with other arguments (a participant declared it its own way) is
+        used as it is, with a warning, instead of stopping this process.
+        The broker closes the channel of a refused declare, hence the
+        channel of its own.
+        """
+        channel = await self.connection.channel(publisher_confirms=False)
+        try:
+            await declare(channel)
+        except ChannelPreconditionFailed as exc:
+            log.warning("%s; using it as it is", exc.args[0] if exc.args else exc)
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        return True
+
+    async def _declare(self, channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+        """Declare durable queue `name` on `channel` with `arguments`, or as it is if it exists with others."""
+        if await self._declarable(lambda c: c.declare_queue(name, durable=True, arguments=arguments)):
+            return await channel.declare_queue(name, durable=True, arguments=arguments)
+        return await channel.declare_queue(name, passive=True)
 
     @property
     def channel(self) -> AbstractChannel:
@@ -137,7 +175,7 @@ class Broker:
 
     async def declare_queue(self, name: str, bind_to: tuple[str, str] | None = None) -> AbstractQueue:
         """A durable quorum work queue, dead-lettered, optionally bound to an exchange."""
-        queue = await self.channel.declare_queue(name, durable=True, arguments=self.names.queue_arguments())
+        queue = await self._declare(self.channel, name, self.names.queue_arguments())
         if bind_to is not None:
             await queue.bind(bind_to[0], bind_to[1])
         return queue
@@ -159,7 +197,7 @@ class Broker:
         await channel.set_qos(prefetch_count=prefetch)
         # Declared (not merely looked up) on this channel, so that a robust
         # reconnect restores the queue and its consumer.
-        declared = await channel.declare_queue(queue, durable=True, arguments=self.names.queue_arguments())
+        declared = await self._declare(channel, queue, self.names.queue_arguments())
         tag = await declared.consume(self._guard(queue, handle), no_ack=False)
         self._consumers.append((channel, declared, tag))
 
