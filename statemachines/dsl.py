@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from statemachines.messages import OUTCOME_UNKNOWN
+from statemachines.messages import RETRIED_ALWAYS
 from statemachines.names import name_problem
 
 Payload = Callable[[Mapping[str, Any]], Mapping[str, Any]]
@@ -62,8 +62,9 @@ class Retry:
     The wait before attempt n+1 is `backoff * multiplier**(n-1)`, spread by
     +/- `jitter` (a fraction) and capped at `max_backoff` seconds. A failure
     reply is retried when its error code is in `retry_on` (None: any code);
-    a timeout, or a failure whose outcome is unknown, is always retried while
-    attempts are left, because it says nothing about the participant's answer.
+    a timeout, a failure whose outcome is unknown, or one refused because the
+    command's deadline had passed, is always retried while attempts are left,
+    because it says nothing about the participant's answer.
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class Retry:
         """Whether attempt number `attempt` may be followed by another one."""
         if attempt >= self.attempts:
             return False
-        return code in (None, OUTCOME_UNKNOWN) or self.retry_on is None or code in self.retry_on
+        return code is None or code in RETRIED_ALWAYS or self.retry_on is None or code in self.retry_on
 
     def delay(self, attempt: int, spread: float) -> float:
         """Seconds to wait after attempt `attempt`; `spread` in [0, 1) places the jitter."""

@@ -2,8 +2,9 @@
 
 Decoding is strict (no type coercion, required fields required); unknown
 fields are tolerated so that either side can add one without a flag day.
-`schemas()` gives the JSON Schema of each message for participants written
-in other languages.
+The descriptions here are the field reference of docs/protocol.md; the
+JSON Schema and the AsyncAPI document (`statemachines.schema`,
+`statemachines.asyncapi`) are generated from these structs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from statemachines.names import ID_PATTERN, MAX_ID, MAX_NAME, MAX_QUEUE, NAME_PATTERN, QUEUE_PATTERN
+
+# The protocol's major version: what docs/protocol.md describes. Additions
+# (an optional field, an error code, a message on a queue of its own) keep it;
+# only a change an old participant would misread bumps it.
+PROTOCOL_VERSION = "1"
 
 Action = Literal["do", "compensate"]
 Outcome = Literal["success", "failure"]
@@ -31,6 +37,25 @@ FINAL: frozenset[str] = frozenset({"completed", "compensated"})
 # timeout, retrying it whatever `retry_on` says and compensating the step
 # should the saga compensate.
 OUTCOME_UNKNOWN = "outcome_unknown"
+# The participant did not start the action: the command's deadline had
+# passed. Retried like a timeout, but known not to have happened.
+DEADLINE_EXCEEDED = "deadline_exceeded"
+# The action was refused because its step was compensated already (the
+# compensation arrived first).
+COMPENSATED = "compensated"
+# The participant has no handler for the command.
+UNKNOWN_COMMAND = "unknown_command"
+# Failures retried like a timeout, whatever the step's `retry_on` says.
+RETRIED_ALWAYS = frozenset({OUTCOME_UNKNOWN, DEADLINE_EXCEEDED})
+
+ERROR_CODES = {
+    OUTCOME_UNKNOWN: "the action may or may not have happened (the handler kept crashing); the orchestrator retries "
+    "it like a timeout and compensates the step should the saga compensate",
+    DEADLINE_EXCEEDED: "the participant did not start the action because the command's deadline had passed; the "
+    "orchestrator retries it like a timeout, knowing that nothing happened",
+    COMPENSATED: "the action was refused because its step was compensated already (the compensation arrived first)",
+    UNKNOWN_COMMAND: "the participant has no handler for this command",
+}
 
 
 # Bounded where they enter: these become routing keys, queue names and Redis keys.
@@ -41,59 +66,159 @@ MessageId = Annotated[str, msgspec.Meta(max_length=255)]
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
-    code: str
-    message: str = ""
+    """Why a reply is a failure, or why a saga compensated or is stuck."""
+
+    code: Annotated[
+        str,
+        msgspec.Meta(
+            description="A machine-readable reason, matched against the step's `retry_on`. "
+            + "; ".join(f"`{code}`: {meaning}" for code, meaning in ERROR_CODES.items())
+            + ". Any other code is the participant's own business refusal (e.g. `out_of_stock`): nothing happened.",
+            examples=[*ERROR_CODES, "out_of_stock"],
+        ),
+    ]
+    message: Annotated[str, msgspec.Meta(description="For people: what went wrong, in words.")] = ""
 
 
 class StartSaga(msgspec.Struct, kw_only=True):
     """Start a saga; a saga_id that exists already with the same data is the same saga, with other data a conflict."""
 
-    saga_type: Name
-    # None (or absent): no data given, refused when the saga declares a data type.
-    data: dict[str, Any] | None = None
-    saga_id: SagaId | None = None
-    # A queue that receives the saga's final SagaEvent, or its refusal: a
-    # server-named queue or one named `<ns>.reply.<name>`.
-    reply_to: Queue | None = None
+    saga_type: Annotated[
+        Name, msgspec.Meta(description="The saga type to start, as declared; its newest loaded version runs.")
+    ]
+    data: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(
+            description="The saga's data. Where the saga type declares a data type, the data must fit it "
+            "(see the per-saga `StartSaga.<type>` schemas) or the start is refused; absent or null: no data, "
+            "refused by a saga type that declares one."
+        ),
+    ] = None
+    saga_id: Annotated[
+        SagaId | None,
+        msgspec.Meta(
+            description="The saga's id, an idempotency key chosen by the sender: the same start again is the same "
+            "saga, another start under it a conflict. Without it the AMQP message_id property is the id; "
+            "without that, a random one."
+        ),
+    ] = None
+    reply_to: Annotated[
+        Queue | None,
+        msgspec.Meta(
+            description="A queue that receives the saga's final SagaEvent (completed, compensated or stuck), or "
+            "its refusal (rejected), published to the default exchange: an exclusive queue of the sender's "
+            "connection, or one named `<ns>.reply.<name>`."
+        ),
+    ] = None
 
 
 class Command(msgspec.Struct, kw_only=True):
-    message_id: MessageId
-    saga_id: SagaId
-    saga_type: str
-    step: Name
-    action: Action
-    command: str
-    attempt: int
-    payload: dict[str, Any]
-    reply_to: str
-    # Epoch seconds after which the orchestrator stops waiting for this reply.
-    deadline: float | None = None
+    """One attempt of a step's action (`do`) or compensation, sent to the step's participant."""
+
+    message_id: Annotated[
+        MessageId,
+        msgspec.Meta(
+            description="Unique per attempt; opaque (the orchestrator uses `<saga_id>:<revision>`). A participant "
+            "answers a message_id it has seen before with the reply it gave then."
+        ),
+    ]
+    saga_id: Annotated[
+        SagaId,
+        msgspec.Meta(description="The saga this attempt belongs to. With `step`, the idempotency key of the step."),
+    ]
+    saga_type: Annotated[str, msgspec.Meta(description="The saga's type.")]
+    step: Annotated[Name, msgspec.Meta(description="The step's name, unique within the saga type.")]
+    action: Annotated[
+        Action, msgspec.Meta(description="`do`: perform the step's action. `compensate`: undo it (or refuse it).")
+    ]
+    command: Annotated[
+        str,
+        msgspec.Meta(
+            description="What to do: the step's command or compensation name; it chooses the participant's handler."
+        ),
+    ]
+    attempt: Annotated[
+        int,
+        msgspec.Meta(
+            ge=1,
+            description="1 for the first attempt of this action of this step, then 2, 3, ...; every attempt has a "
+            "new message_id.",
+        ),
+    ]
+    payload: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description="The command's arguments, built from the saga data by the step (same for both actions)."
+        ),
+    ]
+    reply_to: Annotated[str, msgspec.Meta(description="The queue to send the Reply to, through the default exchange.")]
+    deadline: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="Absolute time, in seconds since the Unix epoch (UTC, may be fractional), after which the "
+            "orchestrator stops waiting for this attempt's reply. A participant does not start an action past it "
+            "(it replies failure `deadline_exceeded`); a compensation is processed whatever its deadline. "
+            "null: no deadline."
+        ),
+    ] = None
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    message_id: MessageId
-    in_reply_to: MessageId
-    saga_id: SagaId
-    step: Name
-    action: Action
-    outcome: Outcome
-    data: dict[str, Any] = {}
-    error: ErrorInfo | None = None
-    participant: str = ""
+    """A participant's answer to one Command, sent to the command's reply_to."""
+
+    message_id: Annotated[
+        MessageId,
+        msgspec.Meta(
+            description="Unique per reply; a repeated reply carries the same id. The SDK uses "
+            "`<in_reply_to>/<participant>`."
+        ),
+    ]
+    in_reply_to: Annotated[MessageId, msgspec.Meta(description="The message_id of the Command this answers.")]
+    saga_id: Annotated[SagaId, msgspec.Meta(description="The Command's saga_id.")]
+    step: Annotated[Name, msgspec.Meta(description="The Command's step.")]
+    action: Annotated[Action, msgspec.Meta(description="The Command's action.")]
+    outcome: Annotated[
+        Outcome,
+        msgspec.Meta(
+            description="`success`: the action (or compensation) happened. `failure`: it did not, and `error` "
+            "says why; `error.code` `outcome_unknown` says it may have."
+        ),
+    ]
+    data: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description="On success, merged into the saga data: later steps' payloads can use it."),
+    ] = {}
+    error: Annotated[
+        ErrorInfo | None, msgspec.Meta(description="Required when outcome is `failure`: why. null on success.")
+    ] = None
+    participant: Annotated[
+        str, msgspec.Meta(description="The participant's name, for logs and the saga's history.")
+    ] = ""
 
 
 class SagaEvent(msgspec.Struct, kw_only=True):
     """A saga's lifecycle: started, compensating, completed, compensated, stuck; or its start rejected."""
 
-    saga_id: str
-    saga_type: str
-    status: EventStatus
-    state: str
-    at: float
-    data: dict[str, Any] = {}
-    step: str | None = None
-    error: ErrorInfo | None = None
+    saga_id: Annotated[str, msgspec.Meta(description="The saga's id.")]
+    saga_type: Annotated[str, msgspec.Meta(description="The saga's type.")]
+    status: Annotated[
+        EventStatus,
+        msgspec.Meta(
+            description="Where the saga is: `running` (started), `compensating`, or the final `completed`, "
+            "`compensated`, `stuck` (waits for an operator); `rejected`: the start was refused and no saga runs "
+            "under it (`error` says why)."
+        ),
+    ]
+    state: Annotated[
+        str,
+        msgspec.Meta(description="The state of the saga's state machine, e.g. a step's name or `compensating_<step>`."),
+    ]
+    at: Annotated[float, msgspec.Meta(description="When it happened, in seconds since the Unix epoch (UTC).")]
+    data: Annotated[dict[str, Any], msgspec.Meta(description="The saga data at that moment.")] = {}
+    step: Annotated[str | None, msgspec.Meta(description="The step the saga was at, if any.")] = None
+    error: Annotated[
+        ErrorInfo | None, msgspec.Meta(description="Why the saga compensated or is stuck; null otherwise.")
+    ] = None
 
 
 M = TypeVar("M", StartSaga, Command, Reply, SagaEvent)
@@ -132,10 +257,3 @@ def start_digest(saga_type: str, data: dict[str, Any] | None) -> str:
     """What two starts under one saga id must share to be the same start: their type and data, canonically."""
     # No data and empty data are the same start: either is all a saga without a data type takes.
     return hashlib.sha256(_canonical.encode([saga_type, data or {}])).hexdigest()[:32]
-
-
-def schemas() -> dict[str, Any]:
-    """JSON Schema of every message, keyed by message name."""
-    kinds = (StartSaga, Command, Reply, SagaEvent)
-    _, components = msgspec.json.schema_components(kinds)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": components}
