@@ -14,6 +14,9 @@ What the worker guarantees, so that handlers stay simple:
   timeout gets the first success back.
 - A compensation that arrives before its action (or after it failed)
   succeeds without calling the handler, and the late action is refused.
+- An action whose command arrives past its `deadline` is not started: the
+  reply is a failure `deadline_exceeded`, which the orchestrator retries
+  like a timeout. A compensation runs whatever its deadline.
 - `Failure` becomes a failure reply with its code. Any other exception is
   retried with backoff; if it persists the reply is a failure
   `outcome_unknown`, which the orchestrator treats as a timeout: it retries,
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +51,17 @@ from participants.edge.connections import connect_redis
 from participants.edge.process import serve
 from participants.edge.scripts import Scripts
 from participants.edge.settings import Settings
-from statemachines.messages import OUTCOME_UNKNOWN, Command, ErrorInfo, Reply, decode, encode
+from statemachines.messages import (
+    COMPENSATED,
+    DEADLINE_EXCEEDED,
+    OUTCOME_UNKNOWN,
+    UNKNOWN_COMMAND,
+    Command,
+    ErrorInfo,
+    Reply,
+    decode,
+    encode,
+)
 from statemachines.names import Names
 
 log = logging.getLogger("saga.participant")
@@ -106,6 +120,7 @@ class Worker:
         transient_backoff: float = 0.1,
         lock_seconds: float = 15.0,
         retention_seconds: int = 7 * 24 * 3600,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.prefetch = prefetch
@@ -113,6 +128,8 @@ class Worker:
         self.transient_backoff = transient_backoff
         self.lock_seconds = lock_seconds
         self.retention_seconds = retention_seconds
+        # Deadlines are the orchestrator's epoch seconds: clocks are assumed in sync (NTP).
+        self.clock = clock
         self.handlers: dict[str, Handler] = {}
         self.redis: Redis | None = None
         self.broker: Broker | None = None
@@ -218,9 +235,14 @@ class Worker:
         """The reply to `command`, and what to record of the step."""
         if command.action == "do":
             if record.get("compensated"):
-                return self._reply(command, ErrorInfo("compensated", "the step was compensated already")), {}
+                return self._reply(command, ErrorInfo(COMPENSATED, "the step was compensated already")), {}
             if record.get("do") == "success":
                 return self._reply(command, _data.decode(record.get("data", "{}"))), {}
+            late = self.clock() - command.deadline if command.deadline is not None else 0.0
+            if late > 0:
+                # The orchestrator has stopped waiting: not starting is the one answer that leaves no doubt.
+                why = f"arrived {late:.3f}s past its deadline; not started"
+                return self._reply(command, ErrorInfo(DEADLINE_EXCEEDED, why)), {}
             outcome = await self._call(command)
             if isinstance(outcome, ErrorInfo):
                 # A Failure means nothing happened; a crashing handler may have done part of its work.
@@ -240,7 +262,7 @@ class Worker:
     async def _call(self, command: Command) -> dict[str, Any] | ErrorInfo:
         handler = self.handlers.get(command.command)
         if handler is None:
-            return ErrorInfo("unknown_command", f"participant {self.name!r} has no handler for {command.command!r}")
+            return ErrorInfo(UNKNOWN_COMMAND, f"participant {self.name!r} has no handler for {command.command!r}")
         assert self.redis is not None
         ctx = Context(command, self.redis, self.names, self.name)
         delay = self.transient_backoff

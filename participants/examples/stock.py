@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from participants.edge.scripts import Scripts
 from participants.worker import Context, Failure
+from statemachines.messages import COMPENSATED
 from statemachines.names import Names
 
 _scripts = Scripts(Path(__file__).parent / "lua")
@@ -53,7 +54,7 @@ class Stock:
             args += [field, amount]
         taken = await _scripts.call(ctx.redis, "take", self.keys(ctx.names), args)
         if taken == 0:
-            raise Failure("compensated", "this step was given back already")
+            raise Failure(COMPENSATED, "this step was given back already")
         if taken != 1:
             short = taken.decode() if isinstance(taken, bytes) else str(taken)
             raise Failure(refusal, f"not enough {self.name} for {short}")
