@@ -43,6 +43,8 @@ json_values = st.recursive(
 
 def _valid(info: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
     """Values of the field's own type, as JSON."""
+    if isinstance(info, msgspec.inspect.Metadata):  # a description, examples: the type is inside
+        return _valid(info.type)
     if isinstance(info, msgspec.inspect.StrType):
         if info.pattern is None:
             return st.text(max_size=min(16, info.max_length or 16))
@@ -50,7 +52,7 @@ def _valid(info: msgspec.inspect.Type) -> st.SearchStrategy[Any]:
         pattern = info.pattern.replace("(?![\\s\\S])", "\\Z")
         return st.from_regex(pattern, fullmatch=True).filter(lambda text: len(text) <= (info.max_length or 16))
     if isinstance(info, msgspec.inspect.IntType):
-        return st.integers()
+        return st.integers(min_value=info.ge)
     if isinstance(info, msgspec.inspect.FloatType):
         return st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
     if isinstance(info, msgspec.inspect.LiteralType):
