@@ -421,20 +421,20 @@ async def _scenarios(d: _Driver, queue: str) -> None:
     await d.row("an unknown command gets a failure reply", "5.8", unknown)
 
     async def not_json() -> str:
-        return await _dead_lettered(d, queue, b"{this is not JSON", _saga())
+        return await _dead_lettered(d, queue, b"{this is not JSON", _saga(), f"{_saga()}:poison")
 
     await d.row("a body that is not JSON is dead-lettered with a reason", "5.9", not_json)
 
     async def wrong_shape() -> str:
-        saga = _saga()
-        body = encode(d.command(saga, "do", 1)).replace(b'"attempt":1', b'"attempt":"one"')
-        return await _dead_lettered(d, queue, body, saga)
+        command = d.command(_saga(), "do", 1)
+        body = encode(command).replace(b'"attempt":1', b'"attempt":"one"')
+        return await _dead_lettered(d, queue, body, command.saga_id, command.message_id)
 
     await d.row("a command of the wrong shape is dead-lettered with a reason", "5.9", wrong_shape)
 
 
-async def _dead_lettered(d: _Driver, queue: str, body: bytes, saga: str) -> str:
-    message_id = f"{saga}:poison"
+async def _dead_lettered(d: _Driver, queue: str, body: bytes, saga: str, message_id: str) -> str:
+    """Publish poison `body` and wait for its dead letter; a reply to it (by `message_id`) fails the check."""
     future = d.dead[message_id] = asyncio.get_running_loop().create_future()
     replied = d.replies[message_id] = asyncio.get_running_loop().create_future()
     await d.publish(body, message_id, saga)

@@ -1,4 +1,4 @@
-"""Declaring in any order works: a participant that declares its queue before the orchestrator starts does not stop it."""
+"""Declaring in any order works: a participant that declares its queue first does not stop the orchestrator."""
 
 from __future__ import annotations
 
