@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,17 @@ def serve_metrics(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}") from None
+
+
+def json_object(flag: str, text: str) -> dict[str, Any]:
+    """The JSON object a flag was given, or a UsageError saying what is wrong with it."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{flag} must be a JSON object")
+    return value
 
 
 def sagas_flag(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from orchestrator.cli.common import EXIT_FAILED, EXIT_OK, UsageError, command, sagas_flag
+from orchestrator.cli.common import EXIT_FAILED, EXIT_OK, UsageError, command, json_object, sagas_flag
 from orchestrator.config import Settings
 from orchestrator.registry import Registry
 
@@ -80,12 +80,7 @@ def _yaml(doc: dict[str, Any]) -> str:
 async def run_conformance(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.tools.conformance import NotReady, Target, check, table
 
-    try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--payload is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise UsageError("--payload must be a JSON object")
+    payload = json_object("--payload", args.payload)
     target = Target(args.participant, args.command, args.compensation, payload, args.timeout)
     try:
         results = await check(settings, target)

@@ -17,6 +17,7 @@ from orchestrator.cli.common import (
     EXIT_WAIT_TIMEOUT,
     UsageError,
     command,
+    json_object,
     store,
     when,
 )
@@ -56,14 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def start_saga(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator.client import SagaClient, SagaConflict, SagaRejected
 
-    data = None
-    if args.data is not None:
-        try:
-            data = json.loads(args.data)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--data is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise UsageError("--data must be a JSON object")
+    data = None if args.data is None else json_object("--data", args.data)
     saga_id = args.saga_id or str(uuid.uuid4())
     try:
         async with await SagaClient.connect(settings) as client:
