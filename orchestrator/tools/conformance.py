@@ -43,6 +43,26 @@ STEP = "conformance_step"
 NO_SUCH_COMMAND = "conformance_no_such_command"
 
 
+# Every check, in the order run, with the section of docs/protocol.md it holds the participant to.
+RULES = {
+    "an action gets a reply of the documented shape": "5.1",
+    "the reply carries the documented AMQP properties": "4",
+    "a repeated message_id gets the same reply": "5.2",
+    "a new attempt of a succeeded step gets its success back": "5.3",
+    "a compensation of a succeeded step succeeds": "5.4",
+    "a repeated compensation gets the same reply": "5.2",
+    "an action after its compensation is refused": "5.5",
+    "a compensation before its action succeeds": "5.5",
+    "the action arriving after it is refused": "5.5",
+    "an action past its deadline is not started": "5.7",
+    "the next attempt, in time, runs": "5.7",
+    "a compensation past its deadline is still processed": "5.7",
+    "an unknown command gets a failure reply": "5.8",
+    "a body that is not JSON is dead-lettered with a reason": "5.9",
+    "a command of the wrong shape is dead-lettered with a reason": "5.9",
+}
+
+
 class NotReady(Exception):
     """The participant cannot be checked: its queue is missing or nobody consumes it."""
 
@@ -167,8 +187,9 @@ class _Driver:
             ]
         )
 
-    async def row(self, check: str, rule: str, run: Callable[[], Awaitable[str]], needs: str | None = None) -> bool:
+    async def row(self, check: str, run: Callable[[], Awaitable[str]], needs: str | None = None) -> bool:
         """Run one check; its detail is what `run` returns, or why it failed."""
+        rule = RULES[check]
         if needs is not None:
             self.results.append(Result(check, "skip", needs, rule))
             return False
@@ -297,7 +318,7 @@ async def _scenarios(d: _Driver, queue: str) -> None:
         state["answer"] = answer
         return f"success in {answer.millis:.0f} ms"
 
-    acted = await d.row("an action gets a reply of the documented shape", "5.1", shape)
+    acted = await d.row("an action gets a reply of the documented shape", shape)
     needs_action = None if acted else "needs an action that succeeds (see the first row; try another --payload)"
 
     async def properties() -> str:
@@ -315,12 +336,12 @@ async def _scenarios(d: _Driver, queue: str) -> None:
             raise Warned("; ".join(missing))
         return "persistent JSON, message_id and correlation_id set"
 
-    await d.row("the reply carries the documented AMQP properties", "4", properties, needs_action)
+    await d.row("the reply carries the documented AMQP properties", properties, needs_action)
 
     async def duplicate() -> str:
         return _same(state["reply"], _reply(await d.send(first), first))
 
-    await d.row("a repeated message_id gets the same reply", "5.2", duplicate, needs_action)
+    await d.row("a repeated message_id gets the same reply", duplicate, needs_action)
 
     async def retry() -> str:
         again = d.command(saga, "do", 2)
@@ -329,7 +350,7 @@ async def _scenarios(d: _Driver, queue: str) -> None:
             raise Failed(f"a second success with other data {reply.data} (the first: {state['reply'].data})")
         return "the first success again"
 
-    await d.row("a new attempt of a succeeded step gets its success back", "5.3", retry, needs_action)
+    await d.row("a new attempt of a succeeded step gets its success back", retry, needs_action)
     compensation = d.command(saga, "compensate", 1) if target.compensation else None
 
     async def compensate() -> str:
@@ -338,7 +359,7 @@ async def _scenarios(d: _Driver, queue: str) -> None:
         return "success"
 
     compensated = await d.row(
-        "a compensation of a succeeded step succeeds", "5.4", compensate, needs_action or no_compensation
+        "a compensation of a succeeded step succeeds", compensate, needs_action or no_compensation
     )
 
     async def compensate_again() -> str:
@@ -347,14 +368,12 @@ async def _scenarios(d: _Driver, queue: str) -> None:
 
     await d.row(
         "a repeated compensation gets the same reply",
-        "5.2",
         compensate_again,
         None if compensated else "needs the compensation above",
     )
 
     await d.row(
         "an action after its compensation is refused",
-        "5.5",
         _late_action(d, saga, 3),
         None if compensated else "needs the compensation above",
     )
@@ -367,11 +386,10 @@ async def _scenarios(d: _Driver, queue: str) -> None:
         _succeeded(await d.send(undo), undo)
         return "success, with nothing to undo"
 
-    early_done = await d.row("a compensation before its action succeeds", "5.5", early, no_compensation)
+    early_done = await d.row("a compensation before its action succeeds", early, no_compensation)
 
     await d.row(
         "the action arriving after it is refused",
-        "5.5",
         _late_action(d, saga, 1),
         None if early_done else (no_compensation or "needs the compensation above"),
     )
@@ -384,23 +402,21 @@ async def _scenarios(d: _Driver, queue: str) -> None:
         _refused(await d.send(action), action, DEADLINE_EXCEEDED)
         return f"failure {DEADLINE_EXCEEDED}"
 
-    refused = await d.row("an action past its deadline is not started", "5.7", past_deadline)
+    refused = await d.row("an action past its deadline is not started", past_deadline)
 
     async def after_deadline() -> str:
         action = d.command(saga, "do", 2)
         _succeeded(await d.send(action), action)
         return "success: the refusal left no trace"
 
-    await d.row(
-        "the next attempt, in time, runs", "5.7", after_deadline, None if refused else "needs the refusal above"
-    )
+    await d.row("the next attempt, in time, runs", after_deadline, None if refused else "needs the refusal above")
 
     async def late_compensation() -> str:
         undo = d.command(saga, "compensate", 1, deadline=time.time() - 60)
         _succeeded(await d.send(undo), undo)
         return "success"
 
-    await d.row("a compensation past its deadline is still processed", "5.7", late_compensation, no_compensation)
+    await d.row("a compensation past its deadline is still processed", late_compensation, no_compensation)
 
     # 4. What the participant does not know, and what it cannot read.
     async def unknown() -> str:
@@ -408,19 +424,19 @@ async def _scenarios(d: _Driver, queue: str) -> None:
         _refused(await d.send(action), action, UNKNOWN_COMMAND)
         return f"failure {UNKNOWN_COMMAND}"
 
-    await d.row("an unknown command gets a failure reply", "5.8", unknown)
+    await d.row("an unknown command gets a failure reply", unknown)
 
     async def not_json() -> str:
         return await _dead_lettered(d, queue, b"{this is not JSON", _saga(), f"{_saga()}:poison")
 
-    await d.row("a body that is not JSON is dead-lettered with a reason", "5.9", not_json)
+    await d.row("a body that is not JSON is dead-lettered with a reason", not_json)
 
     async def wrong_shape() -> str:
         command = d.command(_saga(), "do", 1)
         body = encode(command).replace(b'"attempt":1', b'"attempt":"one"')
         return await _dead_lettered(d, queue, body, command.saga_id, command.message_id)
 
-    await d.row("a command of the wrong shape is dead-lettered with a reason", "5.9", wrong_shape)
+    await d.row("a command of the wrong shape is dead-lettered with a reason", wrong_shape)
 
 
 def _late_action(d: _Driver, saga: str, attempt: int) -> Callable[[], Awaitable[str]]:

@@ -1,0 +1,55 @@
+"""docs/protocol.md says what the code does: every field, error code, queue argument and conformance rule is in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from orchestrator.tools.conformance import RULES
+from statemachines.messages import ERROR_CODES, Command, ErrorInfo, Reply, SagaEvent, StartSaga
+from statemachines.names import Names
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def section(heading: str) -> str:
+    """The text under the heading that starts with `heading`, up to the next heading of any level."""
+    match = re.search(rf"^#+ {re.escape(heading)}.*?$(.*?)(?=^#)", DOC, flags=re.M | re.S)
+    assert match, f"no section {heading!r} in docs/protocol.md"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "heading"),
+    [(StartSaga, "3.2"), (Command, "3.3"), (Reply, "3.4"), (ErrorInfo, "3.5"), (SagaEvent, "3.6")],
+)
+def test_every_field_of_every_message_has_a_row(kind: type[msgspec.Struct], heading: str) -> None:
+    fields = section(heading).split("Codes with a meaning")[0]
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", fields, flags=re.M))
+    assert rows == set(kind.__struct_fields__)
+
+
+def test_every_error_code_with_a_meaning_is_in_the_codes_table() -> None:
+    rows = set(re.findall(r"^\| `([a-z_]+)` \|", DOC.split("Codes with a meaning", 1)[1], flags=re.M))
+    assert set(ERROR_CODES) <= rows
+
+
+def test_the_work_queue_arguments_are_the_ones_declared() -> None:
+    arguments = Names("ns").queue_arguments()
+    table = section("2.2")
+    for name, value in arguments.items():
+        shown = f'`"{value.replace("ns.", "<ns>.")}"`' if isinstance(value, str) else f"`{value}`"
+        assert f"| `{name}` | {shown}" in table, name
+    assert len(re.findall(r"^\| `x-", table, flags=re.M)) == len(arguments)
+
+
+def test_every_rule_the_conformance_check_cites_is_a_section() -> None:
+    headings = set(re.findall(r"^#+ (\d+(?:\.\d+)?)\.? ", DOC, flags=re.M))
+    assert set(RULES.values()) <= headings
+    # Each obligation but the ones that cannot be driven from outside has a check.
+    unchecked = {"5.6", "5.10"}
+    assert {h for h in headings if h.startswith("5.")} - unchecked == set(RULES.values()) - {"4"}
