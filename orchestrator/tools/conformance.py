@@ -139,9 +139,12 @@ class _Driver:
         if waiting is not None and not waiting.done():
             waiting.set_result(message)
 
-    def command(self, saga_id: str, action: str, attempt: int, deadline: float | None = None, **kw: Any) -> Command:
+    def command(
+        self, saga_id: str, action: str, attempt: int, deadline: float | None = None, name: str | None = None
+    ) -> Command:
+        """An attempt as the orchestrator would send it: of the target's action or compensation, or of `name`."""
         target = self.target
-        name = target.command if action == "do" else target.compensation
+        name = name or (target.command if action == "do" else target.compensation)
         assert name is not None
         return Command(
             message_id=f"{saga_id}:{uuid.uuid4().hex[:8]}",
@@ -149,7 +152,7 @@ class _Driver:
             saga_type=SAGA_TYPE,
             step=STEP,
             action="do" if action == "do" else "compensate",
-            command=kw.get("command", name),
+            command=name,
             attempt=attempt,
             payload=dict(target.payload),
             reply_to=self.reply_queue,
@@ -420,7 +423,7 @@ async def _scenarios(d: _Driver, queue: str) -> None:
 
     # 4. What the participant does not know, and what it cannot read.
     async def unknown() -> str:
-        action = d.command(_saga(), "do", 1, command=NO_SUCH_COMMAND)
+        action = d.command(_saga(), "do", 1, name=NO_SUCH_COMMAND)
         _refused(await d.send(action), action, UNKNOWN_COMMAND)
         return f"failure {UNKNOWN_COMMAND}"
 
