@@ -128,6 +128,7 @@ class _Driver:
             "delivery_mode": int(message.delivery_mode or 1),
             "correlation_id": message.correlation_id,
             "message_id": message.message_id,
+            "type": message.type,
         }
         waiting = self.replies.get(key)
         if waiting is not None and not waiting.done():
@@ -335,9 +336,11 @@ async def _scenarios(d: _Driver, queue: str) -> None:
             missing.append(f"correlation_id is {props['correlation_id']!r}, not the saga id")
         if not props["message_id"]:
             missing.append("no message_id property")
+        if props["type"] != "Reply":
+            missing.append(f"type is {props['type']!r}, not 'Reply'")
         if missing:
             raise Warned("; ".join(missing))
-        return "persistent JSON, message_id and correlation_id set"
+        return "persistent JSON; message_id, correlation_id and type set"
 
     await d.row("the reply carries the documented AMQP properties", properties, needs_action)
 
