@@ -66,7 +66,7 @@ def definitions(sagas: Sequence[Saga] = (), ref_template: str = "#/$defs/{name}"
     }
     for saga in newest(sagas):
         data = data_refs.get(saga.data) if saga.data is not None else None
-        defs[f"StartSaga.{saga.name}"] = _start(saga, ref("StartSaga"), data, defs, ref_template)
+        defs[f"StartSaga.{saga.name}"] = _start(saga, ref("StartSaga"), data)
     for use in command_uses(sagas):
         defs[use.name] = _command(use, sagas, ref("Command"), data_refs, defs, ref_template)
     return defs
@@ -100,14 +100,12 @@ def newest(sagas: Iterable[Saga]) -> list[Saga]:
     return [found[name] for name in sorted(found)]
 
 
-def _start(
-    saga: Saga, start: dict[str, str], data: dict[str, str] | None, defs: dict[str, Any], ref_template: str
-) -> dict[str, Any]:
+def _start(saga: Saga, start: dict[str, str], data: dict[str, str] | None) -> dict[str, Any]:
     specific: dict[str, Any] = {"properties": {"saga_type": {"const": saga.name}}, "required": ["saga_type"]}
     if data is not None:
+        # A saga with a data type refuses a start without data, however many of its fields have defaults.
         specific["properties"]["data"] = data
-        if _resolve(data, defs, ref_template).get("required"):
-            specific["required"].append("data")
+        specific["required"].append("data")
     return {
         "title": f"StartSaga.{saga.name}",
         "description": f"Start a saga of type {saga.name!r} (version {saga.version}); its data "

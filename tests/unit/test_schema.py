@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from statemachines.asyncapi import document
 from statemachines.decide import Start, decide
+from statemachines.dsl import Saga, Step
 from statemachines.harness import SagaHarness
 from statemachines.messages import Command, MalformedMessage, Reply, SagaEvent, StartSaga, decode
 from statemachines.names import Names
@@ -180,6 +181,22 @@ def test_a_sagas_start_schema_says_what_the_orchestrator_starts(data: st.DataObj
     accepted = decide(order, None, Start(saga_id="s-1", data=value["data"]), 1000.0).instance is not None
     assert by_schema("StartSaga.order", value) == accepted, (doc, accepted)
     assert by_asyncapi("StartSaga.order", value) == accepted, (doc, accepted)
+
+
+class Defaults(msgspec.Struct):
+    note: str = ""
+
+
+relaxed = Saga("relaxed", [Step("one", participant="p", command="c")], data=Defaults)
+
+
+@pytest.mark.parametrize("data", [None, {}, {"note": "x"}, {"note": 1}, "absent"])
+def test_a_saga_whose_data_fields_all_have_defaults_still_needs_data(data: Any) -> None:
+    defs = schemas([relaxed])["$defs"]
+    start: dict[str, Any] = {"saga_type": "relaxed"} if data == "absent" else {"saga_type": "relaxed", "data": data}
+    decoded = decode(StartSaga, json.dumps(start).encode())
+    accepted = decide(relaxed, None, Start(saga_id="s-1", data=decoded.data), 1000.0).instance is not None
+    assert JSON_SCHEMA({"$ref": "#/$defs/StartSaga.relaxed", "$defs": defs}).is_valid(start) == accepted
 
 
 def test_an_item_of_the_wrong_shape_is_refused_by_the_start_schema_too() -> None:
