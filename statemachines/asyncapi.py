@@ -28,7 +28,9 @@ DEAD_LETTER_HEADERS = {
     "x-saga-reason": {"type": "string", "description": "Why the message was refused, in words (at most 1000)."},
     "x-saga-queue": {"type": "string", "description": "The queue the message was refused on."},
     "x-saga-deliveries": {"type": "integer", "description": "How often it had been delivered, this time included."},
+    "x-saga-id": {"type": "string", "description": "The saga it belongs to, where that is known."},
 }
+DEAD_LETTER_REQUIRED = ["x-saga-reason"]
 
 
 @dataclass(frozen=True)
@@ -218,14 +220,15 @@ def document(
     build.channels["final"] = {
         "address": None,
         "title": "A start's reply_to",
-        "description": "The queue a StartSaga named in reply_to: it gets the saga's final SagaEvent.",
+        "description": "The queue a StartSaga named in reply_to: it gets the saga's final SagaEvent, or the "
+        "start's refusal (status rejected).",
         "messages": {"SagaEvent": event},
     }
     build.messages["DeadLetter"] = {
         "name": "DeadLetter",
         "title": "DeadLetter",
         "summary": "A message that could not be processed, unchanged, with why in its headers.",
-        "headers": {"type": "object", "properties": DEAD_LETTER_HEADERS, "required": list(DEAD_LETTER_HEADERS)},
+        "headers": {"type": "object", "properties": DEAD_LETTER_HEADERS, "required": DEAD_LETTER_REQUIRED},
         "payload": {"description": "The refused message's body, as it was (it may not be JSON at all)."},
         "bindings": {"amqp": {"bindingVersion": BINDING}},
     }

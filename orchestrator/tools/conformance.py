@@ -24,7 +24,7 @@ from typing import Any, Literal
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from participants.edge.amqp import REASON, Broker, Envelope
+from participants.edge.amqp import REASON, SAGA_ID, Broker, Envelope
 from participants.edge.settings import Settings
 from statemachines.messages import (
     COMPENSATED,
@@ -478,6 +478,9 @@ async def _dead_lettered(d: _Driver, queue: str, body: bytes, saga: str, message
         raise Failed("dead-lettered, but the body was changed")
     if message.routing_key != queue:
         raise Warned(f"dead-lettered with routing key {message.routing_key!r}; the protocol says {queue!r}")
+    saga_id = headers.get(SAGA_ID)
+    if (saga_id.decode(errors="replace") if isinstance(saga_id, bytes) else saga_id) != saga:
+        raise Warned(f"dead-lettered with a reason, but without the saga's id in {SAGA_ID}")
     return f"{REASON}: {reason[:60]}"
 
 

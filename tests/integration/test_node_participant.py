@@ -70,11 +70,14 @@ def order(**extra: Any) -> dict[str, Any]:
     return {"order_id": "o-1", "customer_id": customer, "items": [{"sku": "sku-1", "qty": 2}], "amount": 4200, **extra}
 
 
-async def test_it_passes_saga_conformance(settings: Settings) -> None:
+async def test_it_passes_saga_conformance(settings: Settings, redis: Redis) -> None:
     async with node_payment(settings):
         results = await check(settings, Target("payment", "charge", "refund", {"customer_id": "c-1", "amount": 100}))
     print(table(results))
     assert {r.status for r in results} == {"pass"}, table(results)
+    # Its two dead letters are counted where the orchestrator counts its own.
+    queue = settings.names.participant_queue("payment")
+    assert await redis.hget(settings.names.counters_key, f"dead_letters:{queue}") == b"2"
 
 
 async def test_an_order_completes_and_is_charged_once(settings: Settings, redis: Redis) -> None:

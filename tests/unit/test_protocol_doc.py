@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.tools.conformance import RULES
 from statemachines.messages import ERROR_CODES, Command, ErrorInfo, Reply, SagaEvent, StartSaga
-from statemachines.names import Names
+from statemachines.names import MAX_ID, MAX_NAME, MAX_QUEUE, Names
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "protocol.md").read_text()
@@ -53,3 +53,12 @@ def test_every_rule_the_conformance_check_cites_is_a_section() -> None:
     # Each obligation but the ones that cannot be driven from outside has a check.
     unchecked = {"5.6", "5.10"}
     assert {h for h in headings if h.startswith("5.")} - unchecked == set(RULES.values()) - {"4"}
+
+
+def test_the_bounds_are_the_ones_the_decoders_hold() -> None:
+    bounds = section("3.1")
+    assert f"1 to {MAX_ID} characters" in bounds
+    assert f"1 to {MAX_NAME} characters" in bounds
+    assert f"1 to {MAX_QUEUE} characters" in bounds
+    message_id = msgspec.json.schema(Command)["$defs"]["Command"]["properties"]["message_id"]
+    assert f"at most {message_id['maxLength']} characters" in bounds

@@ -255,9 +255,16 @@ export class Participant {
         messageId: msg.properties.messageId,
         correlationId: msg.properties.correlationId,
         type: msg.properties.type,
-        headers: { 'x-saga-reason': reason.slice(0, 1000), 'x-saga-queue': this.queue, 'x-saga-deliveries': deliveryCount(msg) + 1 },
+        headers: {
+          'x-saga-reason': reason.slice(0, 1000),
+          'x-saga-queue': this.queue,
+          'x-saga-deliveries': deliveryCount(msg) + 1,
+          ...(sagaOf(msg) ? { 'x-saga-id': sagaOf(msg) } : {}),
+        },
       });
       this.consumer.ack(msg);
+      // 5.9: counted where the orchestrator counts its own.
+      await this.redis.sendCommand(['HINCRBY', `${this.ns}:counters`, `dead_letters:${this.queue}`, '1']).catch(() => {});
     } catch (err) {
       this.log.error(`dead-lettering failed (${err.message}); the message will be redelivered`);
       this.consumer.nack(msg, false, true);
@@ -309,6 +316,18 @@ export function decodeCommand(content) {
     throw new Malformed('not a valid Command: deadline must be a number or null');
   }
   return value;
+}
+
+// 3.7: the saga a refused message belongs to, where its body or correlation_id says and it is a saga id (3.1).
+function sagaOf(msg) {
+  let id = msg.properties.correlationId;
+  try {
+    const body = JSON.parse(msg.content.toString('utf8'));
+    if (typeof body?.saga_id === 'string') id = body.saga_id;
+  } catch {
+    // not JSON: the correlation_id is all there is
+  }
+  return typeof id === 'string' && /^[A-Za-z0-9_:@+=~/-]{1,128}$/.test(id) ? id : undefined;
 }
 
 function isObject(value) {
