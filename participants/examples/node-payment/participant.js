@@ -305,6 +305,10 @@ export function decodeCommand(content) {
   for (const field of ['message_id', 'saga_id', 'saga_type', 'step', 'command', 'reply_to']) {
     if (typeof value[field] !== 'string') throw new Malformed(`not a valid Command: ${field} must be a string`);
   }
+  // 3.1: bounded, since they become Redis keys here too.
+  if (!SAGA_ID.test(value.saga_id)) throw new Malformed('not a valid Command: saga_id is out of bounds');
+  if (!NAME.test(value.step)) throw new Malformed('not a valid Command: step is out of bounds');
+  if (value.message_id.length > 255) throw new Malformed('not a valid Command: message_id is longer than 255');
   if (value.action !== 'do' && value.action !== 'compensate') {
     throw new Malformed('not a valid Command: action must be "do" or "compensate"');
   }
@@ -318,6 +322,9 @@ export function decodeCommand(content) {
   return value;
 }
 
+const SAGA_ID = /^[A-Za-z0-9_:@+=~/-]{1,128}$/;
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
 // 3.7: the saga a refused message belongs to, where its body or correlation_id says and it is a saga id (3.1).
 function sagaOf(msg) {
   let id = msg.properties.correlationId;
@@ -327,7 +334,7 @@ function sagaOf(msg) {
   } catch {
     // not JSON: the correlation_id is all there is
   }
-  return typeof id === 'string' && /^[A-Za-z0-9_:@+=~/-]{1,128}$/.test(id) ? id : undefined;
+  return typeof id === 'string' && SAGA_ID.test(id) ? id : undefined;
 }
 
 function isObject(value) {
