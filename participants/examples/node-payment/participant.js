@@ -25,8 +25,9 @@ export class Failure extends Error {
 
 class Malformed extends Error {}
 
-// The Lua scripts of the protocol's own records, beside this file.
-const OWN_SCRIPTS = Object.fromEntries(['begin', 'finish', 'release'].map((name) => [name, new URL(`./lua/${name}.lua`, import.meta.url)]));
+// Its records are written with the Python SDK's Lua scripts (participants/lua): the same atomic steps (the reply
+// given to a message_id; a step's lock and record) on keys of this participant's own.
+const OWN_SCRIPTS = Object.fromEntries(['begin', 'finish', 'release'].map((name) => [name, new URL(`../../lua/${name}.lua`, import.meta.url)]));
 
 export class Participant {
   // `scripts`: the handlers' own Lua scripts by name (file URLs), called with `script(name, keys, args)`.
@@ -154,8 +155,8 @@ export class Participant {
     let record;
     for (;;) {
       const begun = await this.script('begin', keys, [token, String(this.lockMs)]);
-      if (begun[0] === 'seen') return this.send(command, begun[1]); // 5.2
-      if (begun[0] === 'go') {
+      if (begun[0] === 'cached') return this.send(command, begun[1]); // 5.2
+      if (begun[0] === 'run') {
         record = pairs(begun.slice(1));
         break;
       }

@@ -13,7 +13,8 @@ import { Failure, Participant } from './participant.js';
 const CREDIT_LIMIT = 1_000_000_00;
 
 export function payment(options) {
-  const scripts = { charge: new URL('./lua/charge.lua', import.meta.url), refund: new URL('./lua/refund.lua', import.meta.url) };
+  // The books are the Python example's, kept with its scripts (participants/examples/lua).
+  const scripts = { take: new URL('../lua/take.lua', import.meta.url), give_back: new URL('../lua/give_back.lua', import.meta.url) };
   const participant = new Participant({ name: 'payment', handlers: { charge, refund }, scripts, ...options });
   const books = () => ['credit', 'credit:taken', 'credit:returned'].map((part) => participant.key(part));
 
@@ -23,14 +24,15 @@ export function payment(options) {
     if (typeof customer !== 'string' || !Number.isInteger(amount) || amount < 0) {
       throw new Failure('bad_payload', 'charge needs customer_id (a string) and amount (whole cents)');
     }
-    const charged = await participant.script('charge', books(), [ctx.key, String(CREDIT_LIMIT), customer, String(amount)]);
+    // 1: charged (now or before); 0: refunded already (a late charge); otherwise the customer short of credit.
+    const charged = await participant.script('take', books(), [ctx.key, String(CREDIT_LIMIT), customer, String(amount)]);
     if (charged === 0) throw new Failure('compensated', 'this step was refunded already');
-    if (charged < 0) throw new Failure('card_declined', `not enough credit for ${customer}`);
+    if (charged !== 1) throw new Failure('card_declined', `not enough credit for ${customer}`);
     return { charge_id: ctx.key };
   }
 
   async function refund(ctx) {
-    await participant.script('refund', books(), [ctx.key]);
+    await participant.script('give_back', books(), [ctx.key]);
   }
 
   return participant;
