@@ -31,6 +31,14 @@ DEAD_LETTER_HEADERS = {
     "x-saga-id": {"type": "string", "description": "The saga it belongs to, where that is known."},
 }
 DEAD_LETTER_REQUIRED = ["x-saga-reason"]
+# W3C Trace Context, while tracing is on; never needed to process a message.
+TRACE_HEADERS = {
+    "type": "object",
+    "properties": {
+        "traceparent": {"type": "string", "description": "W3C Trace Context: the sender's span."},
+        "tracestate": {"type": "string", "description": "W3C Trace Context: vendor state."},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class _Builder:
             "title": name,
             "summary": summary,
             "contentType": CONTENT_TYPE,
+            "headers": TRACE_HEADERS,
             "payload": {"$ref": f"#/components/schemas/{name}"},
             "bindings": {"amqp": {"messageType": kind, "bindingVersion": BINDING}},
             **extra,

@@ -153,10 +153,13 @@ async def test_a_refund_before_its_charge_refuses_the_charge(settings: Settings,
             deadline=time.time() + 10,
         )
         exchange = await channel.get_exchange(stack.names.commands_exchange)
-        await exchange.publish(aio_pika.Message(encode(refund), delivery_mode=2), routing_key="payment")
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        command = aio_pika.Message(encode(refund), delivery_mode=2, headers={"traceparent": trace})
+        await exchange.publish(command, routing_key="payment")
         answer = await eventually(lambda: replies.get(no_ack=True, fail=False))
         reply = decode(Reply, answer.body)
         assert (reply.outcome, reply.in_reply_to) == ("success", refund.message_id)
+        assert (answer.headers or {}).get("traceparent") == trace  # the command's trace context, forwarded
         await connection.close()
 
         outcome = await stack.run("order", data, saga_id=saga_id)

@@ -155,7 +155,7 @@ export class Participant {
     let record;
     for (;;) {
       const begun = await this.script('begin', keys, [token, String(this.lockMs)]);
-      if (begun[0] === 'cached') return this.send(command, begun[1]); // 5.2
+      if (begun[0] === 'cached') return this.send(command, begun[1], msg); // 5.2
       if (begun[0] === 'run') {
         record = pairs(begun.slice(1));
         break;
@@ -174,7 +174,7 @@ export class Participant {
     }
     const body = JSON.stringify(reply);
     await this.script('finish', keys, [token, String(this.retentionSeconds), body, ...Object.entries(fields).flat()]);
-    return this.send(command, body);
+    return this.send(command, body, msg);
   }
 
   async decide(command, record) {
@@ -239,12 +239,15 @@ export class Participant {
     };
   }
 
-  // 5.1.2 and 4.1: to the body's reply_to, persistent JSON, confirmed.
-  async send(command, body) {
+  // 5.1.2 and 4.1: to the body's reply_to, persistent JSON, confirmed, with the command's trace context.
+  async send(command, body, msg) {
+    const incoming = msg.properties.headers ?? {};
+    const trace = Object.fromEntries(['traceparent', 'tracestate'].filter((h) => typeof incoming[h] === 'string').map((h) => [h, incoming[h]]));
     await this.publish('', command.reply_to, Buffer.from(body), {
       messageId: `${command.message_id}/${this.name}`,
       correlationId: command.saga_id,
       type: 'Reply',
+      headers: trace,
     });
   }
 
