@@ -115,6 +115,8 @@ class RabbitNode:
             "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # A node that dies writes its crash dump here, not into the caller's tree.
+            "ERL_CRASH_DUMP": str(self.root / "erl_crash.dump"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
 
