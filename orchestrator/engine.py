@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
@@ -24,7 +24,7 @@ from statemachines.decide import Decision, Due, Event, Start, decide
 from statemachines.dsl import Saga
 from statemachines.instance import SagaInstance
 from statemachines.messages import TERMINAL, Reply, encode
-from statemachines.names import Names
+from statemachines.names import BUCKETS, Names
 
 log = logging.getLogger("saga.engine")
 CONFLICT_RETRIES = 20
@@ -213,9 +213,14 @@ class Engine:
             await self.store.clear_outboxes(self._confirmed)
         await self.store.redis.aclose()
 
-    async def fire_due(self, lease: float, limit: int) -> int:
-        """Apply `Due` to every saga whose deadline has passed; returns how many were claimed."""
-        claimed = await self.store.claim_due(self.clock(), lease, limit)
+    async def fire_due(
+        self, lease: float, limit: int, buckets: Collection[int] = range(BUCKETS), owner: str | None = None
+    ) -> int:
+        """Apply `Due` to every saga of `buckets` whose deadline has passed; returns how many were claimed.
+
+        With an `owner`, only in the buckets whose lease it holds (`orchestrator.leases`).
+        """
+        claimed = await self.store.claim_due(self.clock(), lease, limit, buckets, owner)
         if claimed:
             await asyncio.gather(*(self._fire(saga_id, score) for saga_id, score in claimed))
         return len(claimed)
@@ -233,10 +238,10 @@ class Engine:
             inst = decision.instance
             await self.store.settle(saga_id, lease, inst.wake_at if inst else None)
 
-    async def sweep(self, grace: float) -> int:
-        """Re-publish outboxes older than `grace` seconds that no broker confirmed."""
+    async def sweep(self, grace: float, buckets: Collection[int] = range(BUCKETS), owner: str | None = None) -> int:
+        """Re-publish outboxes of `buckets` older than `grace` seconds that no broker confirmed."""
         count = 0
-        for saga_id, rev, raw in await self.store.pending_outboxes(self.clock(), grace):
+        for saga_id, rev, raw in await self.store.pending_outboxes(self.clock(), grace, 1000, buckets, owner):
             async with self._locks.hold(saga_id):
                 await self.broker.publish(unpack(raw))
                 await self.store.clear_outboxes([(saga_id, rev)])

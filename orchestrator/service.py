@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractIncomingMessage
 
 from orchestrator.engine import Engine
+from orchestrator.leases import Leases
 from orchestrator.refusals import Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.starts import Starts
@@ -40,6 +41,8 @@ class Tuning:
     sweep_every: float = 5.0
     sweep_grace: float = 5.0
     drain_timeout: float = 30.0
+    # How long a bucket's lease lasts: a dead orchestrator's buckets are swept by another after this.
+    bucket_lease: float = 10.0
 
 
 class Orchestrator:
@@ -54,12 +57,18 @@ class Orchestrator:
         self.broker: Broker | None = None
         self.refusals: Refusals | None = None
         self.starts: Starts | None = None
+        self.leases: Leases | None = None
 
     async def start(self) -> None:
         names = self.names
         redis = await connect_redis(self.settings.redis_url)
         store = RedisStore(redis, names, self.settings.retention_seconds)
-        await store.connect()
+        try:
+            await store.connect()
+            await store.check_layout()
+        except Exception:
+            await redis.aclose()
+            raise
         try:
             self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
         except Exception:
@@ -74,7 +83,10 @@ class Orchestrator:
         self.engine = Engine(store, broker, self.registry, names)
         self.refusals = Refusals(self.engine)
         self.starts = Starts(self.engine, self.registry, self.refusals)
+        self.leases = Leases(store, self.tuning.bucket_lease)
+        await self.leases.heartbeat()
         self._tasks = [
+            asyncio.create_task(self._heartbeats(), name="leases"),
             asyncio.create_task(self.engine.clear_confirmed(), name="clear-outboxes"),
             asyncio.create_task(self._deadlines(), name="deadlines"),
             asyncio.create_task(self._sweeps(), name="sweeps"),
@@ -105,6 +117,9 @@ class Orchestrator:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.leases is not None:
+            with contextlib.suppress(Exception):  # Redis away: the leases run out on their own
+                await self.leases.release()
         if self.engine is not None:
             await self.engine.close()
         if self.broker is not None:
@@ -128,12 +143,23 @@ class Orchestrator:
         if decision.instance is None:
             raise Rejected(f"reply {reply.message_id} is for an unknown saga {reply.saga_id!r}", reply.saga_id)
 
+    async def _heartbeats(self) -> None:
+        assert self.leases is not None
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.leases.every)
+            try:
+                await self.leases.heartbeat()
+            except Exception as exc:
+                # The claims check the lease themselves: one that ran out meanwhile claims nothing.
+                log.warning("bucket leases: %r", exc)
+
     async def _deadlines(self) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.leases is not None
         tuning = self.tuning
+        leases = self.leases
         while not self._stopping.is_set():
             try:
-                claimed = await self.engine.fire_due(tuning.lease, tuning.claim_limit)
+                claimed = await self.engine.fire_due(tuning.lease, tuning.claim_limit, leases.held, leases.me)
             except Exception as exc:
                 log.warning("deadline loop: %r", exc)
                 await asyncio.sleep(1.0)  # Redis is away: do not spin
@@ -142,10 +168,11 @@ class Orchestrator:
                 await asyncio.sleep(tuning.tick)
 
     async def _sweeps(self) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.leases is not None
+        leases = self.leases
         while not self._stopping.is_set():
             try:
-                await self.engine.sweep(self.tuning.sweep_grace)
+                await self.engine.sweep(self.tuning.sweep_grace, leases.held, leases.me)
             except Exception as exc:
                 log.warning("outbox sweep: %r", exc)
             await asyncio.sleep(self.tuning.sweep_every)

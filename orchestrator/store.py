@@ -1,28 +1,30 @@
 """The Redis store: saga hashes, their history, the outbox and the deadline index.
 
-Layout (see `statemachines.names`): per saga a hash `<ns>:saga:{id}`, a list
-`<ns>:history:{id}` and, while messages await broker confirmation, a hash
-`<ns>:outbox:{id}`. The braces are a Redis Cluster hash tag, so the commit
-script touches one slot for the saga. The deadline shard
-(`<ns>:deadlines:<shard>`, scores in ms) and the index of unconfirmed
-outboxes are written by the same script, so a single Redis is needed (not
-a Cluster); a deadline is still checked against the saga when it fires.
+Layout (see `statemachines.names`): each saga falls in one of `BUCKETS`
+buckets; with `{b}` for the bucket's hash tag `{<ns>:b<n>}`, per saga a hash
+`<ns>:saga:{b}:<id>`, a list `<ns>:history:{b}:<id>` and, while messages
+await broker confirmation, a hash `<ns>:outbox:{b}:<id>`; per bucket its
+deadlines `<ns>:deadlines:{b}` (scores in ms) and its index of unconfirmed
+outboxes `<ns>:outboxes:{b}`. The commit script writes all five, and they
+share the hash tag, so it runs in one Redis Cluster slot as on a single
+Redis. A deadline is still checked against the saga when it fires.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from participants.edge.batching import batcher
 from participants.edge.scripts import Scripts
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import FINAL, SagaEvent
-from statemachines.names import DEADLINE_SHARDS, Names
+from statemachines.names import BUCKETS, Names
 
 HISTORY_CAP = 200
 _instance = msgspec.json.Decoder(SagaInstance)
@@ -39,6 +41,13 @@ def ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+EVERY_BUCKET = range(BUCKETS)
+
+
+class LayoutMismatch(Exception):
+    """The namespace's keys were written with another bucket count; the message is one sentence."""
+
+
 class RedisStore:
     def __init__(self, redis: Redis, names: Names, retention_seconds: int = 7 * 24 * 3600) -> None:
         self.redis = redis
@@ -49,6 +58,18 @@ class RedisStore:
     async def connect(self) -> None:
         """Check that Redis answers and load the scripts."""
         await self.scripts.load(self.redis)
+
+    async def check_layout(self) -> None:
+        """Record the bucket count at the namespace's first start; refuse another one later."""
+        key = self.names.layout_key
+        await self.redis.set(key, BUCKETS, nx=True)
+        found = await self.redis.get(key)
+        if found is not None and int(found) != BUCKETS:
+            raise LayoutMismatch(
+                f"namespace {self.names.namespace!r} keeps its sagas in {int(found)} buckets and this version "
+                f"uses {BUCKETS}: a saga's keys are named by its bucket, so finish or remove that namespace's "
+                "sagas and remove it (orchestrator.namespace.drop), or use another namespace."
+            )
 
     async def load(self, saga_id: str) -> SagaInstance | None:
         doc = await batcher(self.redis).execute("HGET", self.names.saga_key(saga_id), "doc")
@@ -69,8 +90,8 @@ class RedisStore:
             names.saga_key(saga_id),
             names.history_key(saga_id),
             names.outbox_key(saga_id),
-            names.deadline_key(names.deadline_shard(saga_id)),
-            names.outbox_index,
+            names.deadline_key(names.bucket(saga_id)),
+            names.outbox_index(names.bucket(saga_id)),
         )
         args = [
             expected_rev, inst.rev, _json.encode(inst), inst.status, inst.state, inst.saga_type, inst.updated_at,
@@ -112,47 +133,74 @@ class RedisStore:
         return [_history.decode(raw) for raw in await self.redis.lrange(self.names.history_key(saga_id), 0, -1)]
 
     async def clear_outboxes(self, confirmed: Sequence[tuple[str, int]]) -> None:
-        """Forget the outboxes the broker confirmed, in one call."""
-        if confirmed:
-            keys = [self.names.outbox_index, *(self.names.outbox_key(saga_id) for saga_id, _ in confirmed)]
-            args = [part for saga_id, rev in confirmed for part in (saga_id, rev)]
-            await self.scripts.call(self.redis, "clear_outbox", keys, args)
+        """Forget the outboxes the broker confirmed: one call per bucket, all in one batch."""
+        names = self.names
+        by_bucket: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
+        for saga_id, rev in confirmed:
+            by_bucket[names.bucket(saga_id)].append((saga_id, rev))
+        calls = []
+        for bucket, sagas in by_bucket.items():
+            keys = [names.outbox_index(bucket), *(names.outbox_key(saga_id) for saga_id, _ in sagas)]
+            args = [part for saga_id, rev in sagas for part in (saga_id, rev)]
+            calls.append(self.scripts.call(self.redis, "clear_outbox", keys, args))
+        await asyncio.gather(*calls)
 
-    async def pending_outboxes(self, now: float, grace: float, limit: int = 1000) -> list[tuple[str, int, bytes]]:
-        """Outboxes unconfirmed for `grace` seconds: (saga id, rev, messages).
+    async def _claim(
+        self, key: str, bucket: int, upto: int, until: int, limit: int, owner: str | None
+    ) -> list[bytes | str]:
+        keys = [key] if owner is None else [key, self.names.lease_key(bucket)]
+        args = [upto, until, limit] if owner is None else [upto, until, limit, owner]
+        result: list[bytes | str] = await self.scripts.call(self.redis, "claim", keys, args)
+        return result
+
+    async def pending_outboxes(
+        self,
+        now: float,
+        grace: float,
+        limit: int = 1000,
+        buckets: Collection[int] = EVERY_BUCKET,
+        owner: str | None = None,
+    ) -> list[tuple[str, int, bytes]]:
+        """Outboxes of `buckets` unconfirmed for `grace` seconds: (saga id, rev, messages).
 
         They are claimed as deadlines are: moved to `now` in the index, so
-        another orchestrator's sweep leaves them alone for `grace`.
+        another orchestrator's sweep leaves them alone for `grace`. With an
+        `owner`, only from the buckets whose lease it holds.
         """
         names = self.names
-        claimed = await self.scripts.call(self.redis, "claim", [names.outbox_index], [ms(now - grace), ms(now), limit])
+        order = sorted(buckets)
+        claims = [self._claim(names.outbox_index(b), b, ms(now - grace), ms(now), limit, owner) for b in order]
         found = []
-        for raw in claimed:
-            saga_id = _bytes(raw).decode()
-            rev, messages = await self.redis.hmget(names.outbox_key(saga_id), "rev", "messages")
-            if rev is None or messages is None:  # confirmed meanwhile, or expired with its saga
-                await self.redis.zrem(names.outbox_index, saga_id)
-                continue
-            found.append((saga_id, int(rev), _bytes(messages)))
+        for bucket, claimed in zip(order, await asyncio.gather(*claims), strict=True):
+            for raw in claimed:
+                saga_id = _bytes(raw).decode()
+                rev, messages = await self.redis.hmget(names.outbox_key(saga_id), "rev", "messages")
+                if rev is None or messages is None:  # confirmed meanwhile, or expired with its saga
+                    await self.redis.zrem(names.outbox_index(bucket), saga_id)
+                    continue
+                found.append((saga_id, int(rev), _bytes(messages)))
         return found
 
-    async def claim_due(self, now: float, lease: float, limit: int) -> list[tuple[str, int]]:
-        """Saga ids due by `now`, leased until now+lease: (saga id, lease score)."""
+    async def claim_due(
+        self,
+        now: float,
+        lease: float,
+        limit: int,
+        buckets: Collection[int] = EVERY_BUCKET,
+        owner: str | None = None,
+    ) -> list[tuple[str, int]]:
+        """Saga ids of `buckets` due by `now`, leased until now+lease: (saga id, lease score).
+
+        With an `owner`, only from the buckets whose lease it holds.
+        """
         until = ms(now + lease)
-        sha = self.scripts.sha["claim"]
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(DEADLINE_SHARDS):
-            pipe.evalsha(sha, 1, self.names.deadline_key(shard), ms(now), until, limit)
-        try:
-            results = await pipe.execute()
-        except NoScriptError:
-            await self.scripts.load(self.redis)
-            return await self.claim_due(now, lease, limit)
-        return [(_bytes(raw).decode(), until) for due in results for raw in due]
+        names = self.names
+        claims = [self._claim(names.deadline_key(b), b, ms(now), until, limit, owner) for b in sorted(buckets)]
+        return [(_bytes(raw).decode(), until) for due in await asyncio.gather(*claims) for raw in due]
 
     async def settle(self, saga_id: str, lease: int, wake_at: float | None) -> None:
         """Put a claimed deadline back at the saga's wake time, unless it moved since."""
-        key = self.names.deadline_key(self.names.deadline_shard(saga_id))
+        key = self.names.deadline_key(self.names.bucket(saga_id))
         await self.scripts.call(self.redis, "settle", [key], [saga_id, lease, "" if wake_at is None else ms(wake_at)])
 
     async def sagas(self) -> AsyncIterator[SagaInstance]:

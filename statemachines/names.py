@@ -72,7 +72,12 @@ def reply_to_problem(value: object) -> str | None:
 
 # A message redelivered this often is poison: it is dead-lettered, never looped.
 DELIVERY_LIMIT = 5
-DEADLINE_SHARDS = 4
+# Every saga lives in one of BUCKETS buckets (crc32 of its id). All the keys one
+# commit writes carry the bucket's Redis Cluster hash tag, so they share a slot
+# and the commit stays one atomic script on Redis Cluster too; the deadline and
+# outbox sweeps walk the buckets, shared out among orchestrators by leases.
+# Fixed for a namespace's life: a saga's keys are named by it (see `Names.layout_key`).
+BUCKETS = 128
 
 
 @dataclass(frozen=True)
@@ -129,34 +134,56 @@ class Names:
     def event_key(saga_type: str, saga_id: str, status: str) -> str:
         return f"{saga_type}.{saga_id}.{status}"
 
-    # Redis: the {saga_id} hash tag keeps one saga's keys in one cluster slot.
+    # Redis: every key of a saga, and its bucket's deadline, outbox and lease
+    # keys, carry the bucket's hash tag: one cluster slot per bucket.
+    @staticmethod
+    def bucket(saga_id: str) -> int:
+        return crc32(saga_id.encode()) % BUCKETS
+
+    def tag(self, bucket: int) -> str:
+        return f"{{{self.namespace}:b{bucket}}}"
+
+    def _saga(self, kind: str, saga_id: str) -> str:
+        return f"{self.namespace}:{kind}:{self.tag(self.bucket(saga_id))}:{saga_id}"
+
     def saga_key(self, saga_id: str) -> str:
-        return f"{self.namespace}:saga:{{{saga_id}}}"
+        return self._saga("saga", saga_id)
 
     def history_key(self, saga_id: str) -> str:
-        return f"{self.namespace}:history:{{{saga_id}}}"
+        return self._saga("history", saga_id)
 
     def outbox_key(self, saga_id: str) -> str:
-        return f"{self.namespace}:outbox:{{{saga_id}}}"
+        return self._saga("outbox", saga_id)
 
     def rejected_key(self, saga_id: str) -> str:
         """The record of a refused start, kept for the retention period; never a saga."""
-        return f"{self.namespace}:rejected:{{{saga_id}}}"
+        return self._saga("rejected", saga_id)
 
-    @property
-    def outbox_index(self) -> str:
-        """Sagas with an unconfirmed outbox, by when it was written (ms)."""
-        return f"{self.namespace}:outboxes"
+    def outbox_index(self, bucket: int) -> str:
+        """A bucket's sagas with an unconfirmed outbox, by when it was written (ms)."""
+        return f"{self.namespace}:outboxes:{self.tag(bucket)}"
 
     @property
     def saga_pattern(self) -> str:
         return f"{self.namespace}:saga:*"
 
-    def deadline_key(self, shard: int) -> str:
-        return f"{self.namespace}:deadlines:{shard}"
+    def deadline_key(self, bucket: int) -> str:
+        """A bucket's sagas by when they next need attention (ms)."""
+        return f"{self.namespace}:deadlines:{self.tag(bucket)}"
 
-    def deadline_shard(self, saga_id: str) -> int:
-        return crc32(saga_id.encode()) % DEADLINE_SHARDS
+    def lease_key(self, bucket: int) -> str:
+        """Which orchestrator sweeps the bucket's deadlines and outboxes, while its lease lasts."""
+        return f"{self.namespace}:lease:{self.tag(bucket)}"
+
+    @property
+    def members_key(self) -> str:
+        """The live orchestrators, by their last heartbeat (ms): who shares the buckets."""
+        return f"{self.namespace}:orchestrators"
+
+    @property
+    def layout_key(self) -> str:
+        """The bucket count the namespace's keys were written with; a process with another refuses to run."""
+        return f"{self.namespace}:layout"
 
     @property
     def queues_key(self) -> str:

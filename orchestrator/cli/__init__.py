@@ -21,6 +21,7 @@ from importlib import metadata
 from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, tools, watch, web
 from orchestrator.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, UsageError
 from orchestrator.registry import UnknownSaga
+from orchestrator.store import LayoutMismatch
 from participants.edge import logs, tracing
 from participants.edge.connections import Unreachable
 from participants.edge.settings import BadSetting, Settings
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracing.configure_from_env(args.command)
         settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
         return int(run(args.handler(args, settings)))
-    except (Unreachable, UsageError, UnknownSaga, BadSetting, tracing.TracingMissing) as exc:
+    except (Unreachable, UsageError, UnknownSaga, BadSetting, LayoutMismatch, tracing.TracingMissing) as exc:
         print(f"saga: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from statemachines.messages import TERMINAL
-from statemachines.names import DEADLINE_SHARDS, Names
+from statemachines.names import BUCKETS, Names
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -304,15 +304,15 @@ async def read_backlogs(redis: Redis, names: Names) -> None:
         return
     now_ms = time.time() * 1000
     pipe = redis.pipeline(transaction=False)
-    pipe.zcard(names.outbox_index)
     pipe.zrange(names.stuck_index, 0, -1)
-    for shard in range(DEADLINE_SHARDS):
-        pipe.zcard(names.deadline_key(shard))
-        pipe.zrange(names.deadline_key(shard), 0, 0, withscores=True)
-    backlog, stuck, *shards = await pipe.execute()
-    m.outbox_backlog.set(backlog)
-    m.in_flight.set(sum(shards[0::2]))
-    due = [score for first in shards[1::2] for _, score in first]
+    for bucket in range(BUCKETS):
+        pipe.zcard(names.outbox_index(bucket))
+        pipe.zcard(names.deadline_key(bucket))
+        pipe.zrange(names.deadline_key(bucket), 0, 0, withscores=True)
+    stuck, *buckets = await pipe.execute()
+    m.outbox_backlog.set(sum(buckets[0::3]))
+    m.in_flight.set(sum(buckets[1::3]))
+    due = [score for first in buckets[2::3] for _, score in first]
     m.deadline_lag.set(max(0.0, (now_ms - min(due)) / 1000) if due else 0.0)
     by_type: dict[str, int] = {}
     if stuck:

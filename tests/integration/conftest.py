@@ -139,7 +139,7 @@ def example_workers() -> list[Worker]:
 
 
 # Quick timers, so tests about timeouts and sweeps do not wait long.
-FAST = Tuning(prefetch=64, tick=0.02, lease=2.0, sweep_every=0.3, sweep_grace=0.5, drain_timeout=10.0)
+FAST = Tuning(prefetch=64, tick=0.02, lease=2.0, sweep_every=0.3, sweep_grace=0.5, drain_timeout=10.0, bucket_lease=2.0)
 
 
 @dataclass
