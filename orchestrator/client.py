@@ -1,13 +1,15 @@
-"""Start sagas from Python, and wait for their outcome if asked.
+"""Start sagas from Python, and wait for their outcome if asked; signal sagas that wait for an outside event.
 
 async with await SagaClient.connect(Settings.from_env()) as client:
     saga_id = await client.start("order", data)
     outcome = await client.start("order", data, wait=True)   # a SagaEvent
+    result = await client.signal(saga_id, "bank_confirmed", {"ref": "b-1"}, wait=True)   # a SignalResult
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -27,7 +29,10 @@ from statemachines.messages import (
     REJECTED,
     TERMINAL,
     ErrorInfo,
+    MalformedMessage,
     SagaEvent,
+    SignalResult,
+    SignalSaga,
     StartSaga,
     decode,
     encode,
@@ -55,6 +60,16 @@ class SagaConflict(SagaRejected):
     """The saga id exists already, started with other data (or as another type): an idempotency key reused."""
 
 
+class SignalRefused(Exception):
+    """A signal was refused, by this client or by the orchestrator; `code` and `reason` say why."""
+
+    def __init__(self, result: SignalResult) -> None:
+        self.result = result
+        self.code = result.error.code if result.error else "refused"
+        self.reason = result.error.message if result.error else "refused"
+        super().__init__(f"{self.code}: {self.reason}")
+
+
 def refused(event: SagaEvent) -> SagaRejected:
     return SagaConflict(event) if event.error is not None and event.error.code == "conflict" else SagaRejected(event)
 
@@ -71,6 +86,8 @@ class SagaClient:
         try:
             broker = await Broker.open(settings.amqp_url, settings.names)
             await broker.declare_queue(settings.names.start_queue)
+            # A signal sent before any orchestrator ran waits in its queue rather than vanishing.
+            await broker.declare_queue(settings.names.signals_queue)
         except BaseException:
             await redis.aclose()
             raise
@@ -208,6 +225,93 @@ class SagaClient:
         if event.status == REJECTED:
             raise refused(event)
         return event
+
+    @overload
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        signal_id: str | None = None,
+        wait: Literal[False] = False,
+        timeout: float = 30.0,
+    ) -> str: ...
+
+    @overload
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        signal_id: str | None = None,
+        *,
+        wait: Literal[True],
+        timeout: float = 30.0,
+    ) -> SignalResult: ...
+
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        signal_id: str | None = None,
+        wait: bool = False,
+        timeout: float = 30.0,
+    ) -> str | SignalResult:
+        """Send signal `name` to a saga that waits for it; returns the signal id, or with `wait` the result.
+
+        The signal id is an idempotency key: the same signal again is applied
+        once (the result says `duplicate`). A refusal raises SignalRefused
+        with the reason: at once if this client can tell (an id or name out
+        of bounds, data that is not JSON), else with `wait` as soon as the
+        orchestrator answers (an unknown saga, one that does not wait for it).
+        A wait that outlasts `timeout` seconds raises TimeoutError.
+        """
+        signal_id = signal_id or str(uuid.uuid4())
+        problem = id_problem(saga_id) or name_problem(name, "a signal name") or id_problem(signal_id, "a signal id")
+        signal = SignalSaga(saga_id=saga_id, name=name, signal_id=signal_id, data=dict(data or {}))
+        body = b""
+        if problem is None:
+            try:
+                body = encode(signal)
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                problem = f"the signal data is not JSON: {exc}"
+        if problem is not None:
+            error = ErrorInfo("invalid_signal", problem)
+            raise SignalRefused(
+                SignalResult(
+                    saga_id=saga_id, name=name, signal_id=signal_id, outcome="refused", error=error, at=time.time()
+                )
+            )
+        queue_name = self.names.signals_queue
+        if not wait:
+            await self.broker.publish([Envelope("", queue_name, body, signal_id, saga_id, "SignalSaga")])
+            return signal_id
+        answer: asyncio.Future[SignalResult] = asyncio.get_running_loop().create_future()
+
+        async def on_result(message: AbstractIncomingMessage) -> None:
+            with contextlib.suppress(MalformedMessage):
+                result = decode(SignalResult, message.body)
+                if result.signal_id == signal_id and result.saga_id == saga_id and not answer.done():
+                    answer.set_result(result)
+
+        channel = await self.broker.connection.channel()
+        try:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.consume(on_result, no_ack=True)
+            signal.reply_to = queue.name
+            envelope = Envelope("", queue_name, encode(signal), signal_id, saga_id, "SignalSaga", queue.name)
+            await self.broker.publish([envelope])
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await answer
+            except TimeoutError:
+                raise TimeoutError(f"no answer to signal {signal_id!r} within {timeout:g}s") from None
+        finally:
+            await channel.close()
+        if result.outcome == "refused":
+            raise SignalRefused(result)
+        return result
 
     async def status(self, saga_id: str) -> SagaInstance | None:
         """The saga as stored now, or None if there is no such saga (or it expired)."""

@@ -7,7 +7,9 @@ also answered: a `SagaEvent` with status `rejected` and the reason goes to
 its `reply_to` (where allowed) and onto `<ns>.events` as
 `<type>.<id>.rejected`, and a record under its id stays for the retention
 period, for `saga show`. A reply that is refused but still names a saga
-goes into that saga's history, and its timeout will say so.
+goes into that saga's history, and its timeout will say so. A refused
+signal is answered at once with a `SignalResult` to its `reply_to` (where
+allowed), and goes into the history of the saga it names, if that exists.
 
 Of a message that does not decode only a few fields are read, leniently and
 each within its bounds; nothing else of it is trusted.
@@ -23,7 +25,8 @@ import msgspec
 from orchestrator.engine import Engine
 from participants.edge.amqp import Envelope, Rejected
 from statemachines.decide import RefusedReply
-from statemachines.messages import REJECTED, ErrorInfo, SagaEvent, encode
+from statemachines.instance import HistoryEntry
+from statemachines.messages import REJECTED, ErrorInfo, SagaEvent, SignalResult, encode
 from statemachines.names import MAX_ID, MAX_NAME, MAX_QUEUE, id_problem, name_problem, reply_to_problem
 
 
@@ -35,6 +38,9 @@ class About(msgspec.Struct):
     reply_to: str | None = None
     participant: str | None = None
     in_reply_to: str | None = None
+    # A signal's: its name and idempotency key.
+    name: str | None = None
+    signal_id: str | None = None
 
 
 class _Loose(msgspec.Struct):
@@ -44,6 +50,8 @@ class _Loose(msgspec.Struct):
     reply_to: msgspec.Raw = msgspec.Raw()
     participant: msgspec.Raw = msgspec.Raw()
     in_reply_to: msgspec.Raw = msgspec.Raw()
+    name: msgspec.Raw = msgspec.Raw()
+    signal_id: msgspec.Raw = msgspec.Raw()
 
 
 _loose = msgspec.json.Decoder(_Loose)
@@ -74,12 +82,16 @@ def about(body: bytes, fallback_id: str | None = None) -> About:
     # Only a start without an id of its own goes by its message's id.
     saga_id = fallback_id if _absent(loose.saga_id) else _text(loose.saga_id, MAX_ID)
     participant = _text(loose.participant, MAX_NAME)
+    name = _text(loose.name, MAX_NAME)
+    signal_id = _text(loose.signal_id, MAX_ID)
     return About(
         saga_type=saga_type if name_problem(saga_type) is None else None,
         saga_id=saga_id if id_problem(saga_id) is None else None,
         reply_to=_text(loose.reply_to, MAX_QUEUE),
         participant=participant if name_problem(participant) is None else None,
         in_reply_to=_text(loose.in_reply_to, MAX_QUEUE),
+        name=name if name_problem(name) is None else None,
+        signal_id=signal_id if id_problem(signal_id) is None else None,
     )
 
 
@@ -148,3 +160,44 @@ class Refusals:
             if decision.instance is not None:
                 await self.engine.store.count("refused_replies")
         return Rejected(reason, reply.saga_id)
+
+    async def may_answer(self, reply_to: str) -> bool:
+        """Answers go to a queue named `<ns>.reply.<name>`, or to an exclusive queue of a live connection."""
+        names = self.engine.names
+        return names.named_reply_queue(reply_to) or await self.engine.broker.exclusive_elsewhere(reply_to)
+
+    async def signal(self, signal: About, code: str, reason: str, recorded: bool = False) -> Rejected:
+        """Answer a refused signal, write it into its saga's history; returns the Rejected that dead-letters it.
+
+        `signal.reply_to` must be one the answer may go to (None if not);
+        `recorded`: the saga's history has the refusal already (decide wrote it).
+        """
+        engine = self.engine
+        now = self.clock()
+        result = SignalResult(
+            saga_id=signal.saga_id or "",
+            name=signal.name or "",
+            signal_id=signal.signal_id or "",
+            outcome="refused",
+            error=ErrorInfo(code, reason),
+            at=now,
+        )
+        if signal.reply_to:
+            message_id = f"{signal.saga_id or '_'}:signal:{signal.signal_id or '_'}:{int(now * 1000)}"
+            envelope = Envelope("", signal.reply_to, encode(result), message_id, signal.saga_id or "", "SignalResult")
+            await engine.broker.publish([envelope])
+        if signal.saga_id is not None and not recorded:
+            inst = await engine.store.load(signal.saga_id)
+            if inst is not None:
+                named = f"signal {signal.name!r}" if signal.name else "a signal"
+                entry = HistoryEntry(
+                    at=now,
+                    event="refused_signal",
+                    source=inst.state,
+                    dest=inst.state,
+                    step=inst.step,
+                    detail=f"{named} ({signal.signal_id or 'no signal id'}) refused: {code}: {reason}",
+                )
+                await engine.store.record(signal.saga_id, [entry])
+        await engine.store.count("refused_signals")
+        return Rejected(f"{code}: {reason}", signal.saga_id)

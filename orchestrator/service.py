@@ -1,6 +1,6 @@
 """The orchestrator process: consumers, the deadline loop, the outbox sweep.
 
-It consumes `<ns>.start` and the shared `<ns>.replies` with manual ack, so
+It consumes `<ns>.start`, `<ns>.signals` and the shared `<ns>.replies` with manual ack, so
 any number of orchestrator processes can run side by side. On SIGTERM or
 SIGINT it stops taking deliveries, finishes those in flight, and closes.
 """
@@ -18,6 +18,7 @@ from orchestrator.engine import Engine
 from orchestrator.leases import Leases
 from orchestrator.refusals import Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
+from orchestrator.signals import Signals
 from orchestrator.starts import Starts
 from orchestrator.store import RedisStore
 from participants.edge import observe
@@ -58,6 +59,7 @@ class Orchestrator:
         self.refusals: Refusals | None = None
         self.starts: Starts | None = None
         self.leases: Leases | None = None
+        self.signals: Signals | None = None
 
     async def start(self) -> None:
         names = self.names
@@ -74,7 +76,7 @@ class Orchestrator:
         except Exception:
             await redis.aclose()
             raise
-        queues = [names.start_queue, names.reply_queue]
+        queues = [names.start_queue, names.reply_queue, names.signals_queue]
         for queue in queues:
             await broker.declare_queue(queue)
         for participant in sorted(self.registry.participants):
@@ -83,6 +85,7 @@ class Orchestrator:
         self.engine = Engine(store, broker, self.registry, names)
         self.refusals = Refusals(self.engine)
         self.starts = Starts(self.engine, self.registry, self.refusals)
+        self.signals = Signals(self.engine, self.refusals)
         self.leases = Leases(store, self.tuning.bucket_lease)
         await self.leases.heartbeat()
         self._tasks = [
@@ -96,6 +99,7 @@ class Orchestrator:
         broker.on_dead_letter = lambda queue, _: store.count(f"dead_letters:{queue}")
         await broker.consume(names.start_queue, self._on_start, self.tuning.prefetch)
         await broker.consume(names.reply_queue, self._on_reply, self.tuning.prefetch)
+        await broker.consume(names.signals_queue, self._on_signal, self.tuning.prefetch)
         log.info(
             "orchestrator up: namespace %r, sagas %s", names.namespace, sorted({s.name for s in self.registry.sagas})
         )
@@ -129,6 +133,10 @@ class Orchestrator:
     async def _on_start(self, message: AbstractIncomingMessage) -> None:
         assert self.starts is not None
         await self.starts.take(message)
+
+    async def _on_signal(self, message: AbstractIncomingMessage) -> None:
+        assert self.signals is not None
+        await self.signals.take(message)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         assert self.engine is not None and self.refusals is not None

@@ -73,4 +73,4 @@ class Starts:
 
     async def may_answer(self, reply_to: str) -> bool:
         """Outcomes go to a queue named `<ns>.reply.<name>`, or to an exclusive queue of a live connection."""
-        return self.names.named_reply_queue(reply_to) or await self.engine.broker.exclusive_elsewhere(reply_to)
+        return await self.refusals.may_answer(reply_to)

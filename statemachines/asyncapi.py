@@ -226,6 +226,40 @@ def document(
             "status": {"description": "The event's status.", "enum": _statuses()},
         },
     )
+    breaker = build.message("BreakerEvent", "BreakerEvent", "A circuit breaker opened or closed.")
+    build.exchange(
+        "breakers",
+        names.events_exchange,
+        "topic",
+        "breaker.{breaker}.{state}",
+        "Circuit breakers that opened or closed, on the events exchange beside the sagas' events; bind "
+        "`breaker.#` (a breaker key may hold a `.`, `step:<saga_type>.<step>`).",
+        {"BreakerEvent": breaker},
+        parameters={
+            "breaker": {"description": "The breaker's key: `step:<saga_type>.<step>` or `participant:<name>`."},
+            "state": {"description": "What it became.", "enum": ["open", "closed"]},
+        },
+    )
+    signal = build.message(
+        "SignalSaga",
+        "SignalSaga",
+        "An outside event for a waiting saga.",
+        correlationId={"location": "$message.payload#/signal_id", "description": "Echoed in the SignalResult."},
+    )
+    build.queue(
+        "signals",
+        names.signals_queue,
+        "Signals for sagas that wait for an outside event (`Await`), from any service. Declared by the "
+        "orchestrator (and by senders).",
+        {"SignalSaga": signal},
+        **queue_arguments,
+    )
+    build.channels["signal-result"] = {
+        "address": None,
+        "title": "A signal's reply_to",
+        "description": "The queue a SignalSaga named in reply_to: it gets the SignalResult, accepted or refused.",
+        "messages": {"SignalResult": build.message("SignalResult", "SignalResult", "A signal accepted or refused.")},
+    }
     build.channels["final"] = {
         "address": None,
         "title": "A start's reply_to",
@@ -304,6 +338,19 @@ def _orchestrator(build: _Builder, command_reply: dict[str, Any]) -> None:
     build.operation("receiveReply", "receive", "replies", "Apply the participants' replies.", ack=True)
     build.operation("publishEvent", "send", "events", "Publish every saga's lifecycle events.")
     build.operation("sendFinalEvent", "send", "final", "Send a saga's final event to its start's reply_to.")
+    build.operation("publishBreakerEvent", "send", "breakers", "Publish circuit breakers that opened or closed.")
+    build.operation(
+        "receiveSignal",
+        "receive",
+        "signals",
+        "Apply signals to waiting sagas; answer each to its reply_to.",
+        ack=True,
+        reply={
+            "address": {"location": "$message.payload#/reply_to", "description": "The signal's reply_to."},
+            "channel": {"$ref": "#/channels/signal-result"},
+            "messages": [{"$ref": "#/channels/signal-result/messages/SignalResult"}],
+        },
+    )
     build.operation("deadLetter", "send", "dead", "Dead-letter what cannot be processed, with the reason.")
 
 

@@ -221,10 +221,96 @@ class SagaEvent(msgspec.Struct, kw_only=True):
     ] = None
 
 
-M = TypeVar("M", StartSaga, Command, Reply, SagaEvent)
+class SignalSaga(msgspec.Struct, kw_only=True):
+    """An outside event for a saga that waits for it (`Await`), from any service, on `<ns>.signals`."""
+
+    saga_id: Annotated[SagaId, msgspec.Meta(description="The saga the signal is for.")]
+    name: Annotated[
+        Name, msgspec.Meta(description="The signal's name, as the saga's `Await` declares it, e.g. `bank_confirmed`.")
+    ]
+    signal_id: Annotated[
+        SagaId,
+        msgspec.Meta(
+            description="An idempotency key chosen by the sender: the same signal again is applied once, and "
+            "answered as a duplicate."
+        ),
+    ]
+    data: Annotated[
+        dict[str, Any], msgspec.Meta(description="Merged into the saga data when the signal is accepted.")
+    ] = {}
+    reply_to: Annotated[
+        Queue | None,
+        msgspec.Meta(
+            description="A queue that receives the SignalResult, published to the default exchange: an exclusive "
+            "queue of the sender's connection, or one named `<ns>.reply.<name>`. null: no answer."
+        ),
+    ] = None
+
+
+SIGNAL_REFUSALS = {
+    "invalid_signal": "the SignalSaga does not decode or a value is out of bounds",
+    "reply_to_not_allowed": "reply_to names a queue answers may not go to",
+    "unknown_saga": "no saga has this id (or it expired)",
+    "unknown_signal": "the saga's type declares no Await for this signal's name",
+    "not_waiting": "the saga is not waiting for this signal now",
+    "finished": "the saga has ended",
+}
+
+
+class SignalResult(msgspec.Struct, kw_only=True):
+    """The answer to one SignalSaga, sent to its reply_to: accepted, or refused with a reason."""
+
+    saga_id: Annotated[str, msgspec.Meta(description="The signal's saga_id (empty if it could not be read).")]
+    name: Annotated[str, msgspec.Meta(description="The signal's name (empty if it could not be read).")]
+    signal_id: Annotated[str, msgspec.Meta(description="The signal's signal_id (empty if it could not be read).")]
+    outcome: Annotated[
+        Literal["accepted", "refused"],
+        msgspec.Meta(description="`accepted`: the saga took the signal. `refused`: it did not, `error` says why."),
+    ]
+    duplicate: Annotated[
+        bool,
+        msgspec.Meta(description="Accepted before, under this signal_id: nothing was applied again."),
+    ] = False
+    error: Annotated[
+        ErrorInfo | None,
+        msgspec.Meta(
+            description="Why the signal was refused; null when accepted. Codes: "
+            + "; ".join(f"`{code}`: {meaning}" for code, meaning in SIGNAL_REFUSALS.items())
+            + ".",
+            examples=list(SIGNAL_REFUSALS),
+        ),
+    ] = None
+    at: Annotated[float, msgspec.Meta(description="When it was decided, in seconds since the Unix epoch (UTC).")]
+
+
+class BreakerEvent(msgspec.Struct, kw_only=True):
+    """A circuit breaker opened or closed: on `<ns>.events` as `breaker.<breaker>.<state>`."""
+
+    breaker: Annotated[
+        str,
+        msgspec.Meta(description="The breaker's key: `step:<saga_type>.<step>` or `participant:<participant>`."),
+    ]
+    state: Annotated[
+        Literal["open", "closed"],
+        msgspec.Meta(
+            description="`open`: its steps go to their fallback (or compensate) without sending commands, until "
+            "its cool-down has passed and one trial succeeds. `closed`: commands go out again."
+        ),
+    ]
+    at: Annotated[float, msgspec.Meta(description="When it happened, in seconds since the Unix epoch (UTC).")]
+    saga_id: Annotated[
+        str | None, msgspec.Meta(description="The saga whose step's result opened or closed it, where known.")
+    ] = None
+    failures: Annotated[int, msgspec.Meta(description="Counted failures within `window` that open it.")] = 0
+    window: Annotated[float, msgspec.Meta(description="The window failures are counted in, in seconds.")] = 0.0
+    cool_down: Annotated[float, msgspec.Meta(description="How long it stays open before a trial, in seconds.")] = 0.0
+
+
+M = TypeVar("M", StartSaga, Command, Reply, SagaEvent, SignalSaga, SignalResult, BreakerEvent)
 
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {
-    kind: msgspec.json.Decoder(kind) for kind in (StartSaga, Command, Reply, SagaEvent)
+    kind: msgspec.json.Decoder(kind)
+    for kind in (StartSaga, Command, Reply, SagaEvent, SignalSaga, SignalResult, BreakerEvent)
 }
 _encoder = msgspec.json.Encoder()
 

@@ -32,6 +32,11 @@ NAME_CHARS = "letters, digits, _ and -"
 # A queue that a saga's outcome may be sent to (checked further by `Names.reply_to_problem`).
 MAX_QUEUE = 255
 QUEUE_PATTERN = r"^[A-Za-z0-9._:-]+(?![\s\S])"
+# A circuit breaker's key: `step:<saga>.<step>` or `participant:<participant>`,
+# made of names that were bounded when the saga was declared.
+MAX_BREAKER = len("participant:") + 2 * MAX_NAME + 1
+BREAKER_PATTERN = r"^(step:[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+|participant:[A-Za-z0-9_-]+)(?![\s\S])"
+_BREAKER = re.compile(BREAKER_PATTERN)
 _ID = re.compile(ID_PATTERN)
 _NAME = re.compile(NAME_PATTERN)
 _QUEUE = re.compile(QUEUE_PATTERN)
@@ -70,6 +75,11 @@ def reply_to_problem(value: object) -> str | None:
     return _problem("reply_to", value, _QUEUE, MAX_QUEUE, "letters, digits and . _ : -")
 
 
+def breaker_problem(value: object) -> str | None:
+    """Why `value` cannot be a circuit breaker's key, or None if it can."""
+    return _problem("a breaker key", value, _BREAKER, MAX_BREAKER, "step:<saga>.<step> or participant:<participant>")
+
+
 # A message redelivered this often is poison: it is dead-lettered, never looped.
 DELIVERY_LIMIT = 5
 # Every saga lives in one of BUCKETS buckets (crc32 of its id). All the keys one
@@ -100,6 +110,11 @@ class Names:
     @property
     def events_exchange(self) -> str:
         return f"{self.namespace}.events"
+
+    @property
+    def signals_queue(self) -> str:
+        """Signals for waiting sagas (`SignalSaga`), from any service."""
+        return f"{self.namespace}.signals"
 
     @property
     def dead_exchange(self) -> str:
@@ -134,6 +149,11 @@ class Names:
     def event_key(saga_type: str, saga_id: str, status: str) -> str:
         return f"{saga_type}.{saga_id}.{status}"
 
+    @staticmethod
+    def breaker_event_key(breaker: str, state: str) -> str:
+        """`breaker.<key>.<state>` on the events exchange: a breaker opened or closed."""
+        return f"breaker.{breaker}.{state}"
+
     # Redis: every key of a saga, and its bucket's deadline, outbox and lease
     # keys, carry the bucket's hash tag: one cluster slot per bucket.
     @staticmethod
@@ -162,6 +182,14 @@ class Names:
     def outbox_index(self, bucket: int) -> str:
         """A bucket's sagas with an unconfirmed outbox, by when it was written (ms)."""
         return f"{self.namespace}:outboxes:{self.tag(bucket)}"
+
+    def breaker_state_key(self, breaker: str) -> str:
+        """One circuit breaker's shared state (`orchestrator/lua/breaker.lua`), for every orchestrator.
+
+        All of a namespace's breakers share one hash tag, so that one script
+        reads or moves a saga's breakers together on Redis Cluster too.
+        """
+        return f"{self.namespace}:breaker:{{{self.namespace}:breakers}}:{breaker}"
 
     @property
     def saga_pattern(self) -> str:

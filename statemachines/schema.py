@@ -16,9 +16,27 @@ from typing import Any
 import msgspec
 
 from statemachines.dsl import Saga, Step
-from statemachines.messages import PROTOCOL_VERSION, Command, ErrorInfo, Reply, SagaEvent, StartSaga
+from statemachines.messages import (
+    PROTOCOL_VERSION,
+    BreakerEvent,
+    Command,
+    ErrorInfo,
+    Reply,
+    SagaEvent,
+    SignalResult,
+    SignalSaga,
+    StartSaga,
+)
 
-MESSAGES: tuple[type[msgspec.Struct], ...] = (StartSaga, Command, Reply, SagaEvent)
+MESSAGES: tuple[type[msgspec.Struct], ...] = (
+    StartSaga,
+    Command,
+    Reply,
+    SagaEvent,
+    SignalSaga,
+    SignalResult,
+    BreakerEvent,
+)
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -42,7 +60,8 @@ def schemas(sagas: Sequence[Saga] = ()) -> dict[str, Any]:
     return {
         "$schema": DIALECT,
         "title": f"Saga Orchestrator wire protocol, version {PROTOCOL_VERSION}",
-        "description": "Every message on the broker (StartSaga, Command, Reply, SagaEvent) and, per loaded saga type, "
+        "description": "Every message on the broker (StartSaga, Command, Reply, SagaEvent, SignalSaga, SignalResult, "
+        "BreakerEvent) and, per loaded saga type, "
         "`StartSaga.<type>` (its start, with its data) and `Command.<participant>.<command>` (each command with "
         "its payload). docs/protocol.md is the normative text.",
         "$defs": definitions(sagas),

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 # `saga start`: the start was refused (bounds, unknown type, data that does not fit...), or its id is taken.
 EXIT_REJECTED, EXIT_CONFLICT = 4, 5
+# `saga signal`: the signal was refused (unknown saga, not waiting for it, out of bounds...).
+EXIT_SIGNAL_REFUSED = 6
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 

@@ -1,4 +1,4 @@
-"""The HTTP API and the web view: start, read, list, retry and compensate sagas, their graphs, live streams.
+"""The HTTP API and the web view: start, read, list, retry, compensate and signal sagas, their graphs, live streams.
 
 FastAPI gives the routes their types and the OpenAPI document (/openapi.json);
 the pages are static files of ours (static/), which read the same API.
@@ -6,7 +6,7 @@ Nothing comes from a CDN, so FastAPI's own /docs page (which loads Swagger UI
 from one) is off.
 
 Reading needs nothing; the actions that change a saga (start, retry,
-compensate) need `Authorization: Bearer $SAGA_WEB_TOKEN`, and are refused
+compensate, signal) need `Authorization: Bearer $SAGA_WEB_TOKEN`, and are refused
 while no token is set. Neither the token nor a service URL appears on a page.
 """
 
@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from orchestrator import progress
-from orchestrator.client import SagaClient
+from orchestrator.client import SagaClient, SignalRefused
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.store import RedisStore
@@ -58,6 +58,30 @@ class Started(BaseModel):
     saga_id: str
     existed: bool = Field(description="the saga existed already: the start changed nothing")
     url: str
+
+
+class SignalRequest(BaseModel):
+    data: dict[str, Any] = Field(default_factory=dict, description="merged into the saga data when accepted")
+    signal_id: str | None = Field(
+        default=None,
+        pattern=SAGA_ID,
+        description="an idempotency key: the same signal again is applied once (default: the Idempotency-Key "
+        "header, else a new one)",
+    )
+
+
+class SignalAnswer(BaseModel):
+    saga_id: str
+    name: str
+    signal_id: str
+    outcome: str = Field(description="accepted (or refused, with the error, as the body of a 4xx)")
+    duplicate: bool = Field(description="accepted before under this signal id: nothing was applied again")
+
+
+# How a refused signal is answered over HTTP.
+SIGNAL_STATUS = {"unknown_saga": 404, "invalid_signal": 422}
+# How long the API waits for an orchestrator to answer a signal.
+SIGNAL_WAIT = 10.0
 
 
 class ActionResult(BaseModel):
@@ -278,6 +302,39 @@ def create_app(web: Web) -> FastAPI:
     @app.post("/api/sagas/{saga_id}/compensate", dependencies=guarded, summary="force a running saga to compensate")
     async def compensate(saga_id: SagaId) -> ActionResult:
         return await web.operate(saga_id, Abort())
+
+    @app.post(
+        "/api/sagas/{saga_id}/signals/{name}",
+        status_code=202,
+        dependencies=guarded,
+        response_model=SignalAnswer,
+        responses={404: {"description": "no such saga"}, 409: {"description": "refused: the error says why"}},
+        summary="send a signal to a saga that waits for it (an Await step)",
+    )
+    async def signal(
+        saga_id: SagaId,
+        name: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the signal's name")],
+        body: SignalRequest | None = None,
+        idempotency_key: Annotated[
+            str | None, Header(pattern=SAGA_ID, description="the signal id, if the body gives none")
+        ] = None,
+    ) -> SignalAnswer:
+        request = body or SignalRequest()
+        signal_id = request.signal_id or idempotency_key
+        try:
+            result = await web.client.signal(saga_id, name, request.data, signal_id, wait=True, timeout=SIGNAL_WAIT)
+        except SignalRefused as refusal:
+            status = SIGNAL_STATUS.get(refusal.code, 409)
+            raise HTTPException(status, {"code": refusal.code, "message": refusal.reason}) from None
+        except TimeoutError:
+            raise HTTPException(504, f"no orchestrator answered within {SIGNAL_WAIT:g}s; the signal waits") from None
+        return SignalAnswer(
+            saga_id=result.saga_id,
+            name=result.name,
+            signal_id=result.signal_id,
+            outcome=result.outcome,
+            duplicate=result.duplicate,
+        )
 
     @app.get(
         "/api/types/{saga_type}/graph.svg",

@@ -118,7 +118,10 @@ class Metrics:
             "saga_replies_ignored", "Replies that changed nothing: duplicate, stale or late.", "saga_type"
         )
         self.refused = counter(
-            "saga_refused", "Starts and replies refused (dead-lettered) by the orchestrator.", "message", "reason"
+            "saga_refused",
+            "Starts, replies and signals refused (dead-lettered) by the orchestrator.",
+            "message",
+            "reason",
         )
         self.late = histogram(
             "saga_deadline_lateness_seconds",
@@ -133,6 +136,12 @@ class Metrics:
         self.in_flight = gauge("saga_in_flight_sagas", "Sagas waiting for a reply, a backoff or a deadline.")
         self.stuck = gauge("saga_stuck_sagas", "Sagas stuck, waiting for an operator.", "saga_type")
         self.stuck_types: set[str] = set()
+        self.breakers = counter(
+            "saga_breaker_transitions",
+            "Circuit breakers that this process saw open, turn half-open (a trial let through) or close.",
+            "breaker",
+            "state",
+        )
         # Every process
         self.dead_letters = counter(
             "saga_dead_letters", "Messages dead-lettered, by the queue they came from.", "queue", "reason"
@@ -200,7 +209,7 @@ def disable() -> None:
 def orchestrator_queues(names: Names) -> None:
     """Tell the metrics which queues are the orchestrator's, so their dead letters count as refusals."""
     if current is not None:
-        current.queues.update({names.start_queue: "start", names.reply_queue: "reply"})
+        current.queues.update({names.start_queue: "start", names.reply_queue: "reply", names.signals_queue: "signal"})
 
 
 # Hooks, called by the runtime.
@@ -238,6 +247,13 @@ def committed(old: SagaInstance | None, event: Event, decision: Decision) -> Non
         elif status in TERMINAL:
             m.finished(saga_type, status).inc()
             m.duration(saga_type, status).observe(max(0.0, new.updated_at - new.created_at))
+
+
+def breaker(key: str, state: str) -> None:
+    """A circuit breaker moved: `key` is declared by a saga (bounded), `state` open, half_open or closed."""
+    m = current
+    if m is not None:
+        m.breakers(key, state).inc()
 
 
 def unchanged(event: Event, decision: Decision) -> None:

@@ -35,6 +35,7 @@ dead_lettered = metrics.dead_lettered
 unchanged = metrics.unchanged
 duplicate = metrics.duplicate
 poll = metrics.poll
+breaker = metrics.breaker
 
 # Where an orchestrator keeps its index of stuck sagas (None: not an orchestrator).
 _stuck: tuple[Redis, Names] | None = None

@@ -9,7 +9,18 @@ import msgspec
 import pytest
 
 from orchestrator.tools.conformance import RULES
-from statemachines.messages import ERROR_CODES, Command, ErrorInfo, Reply, SagaEvent, StartSaga
+from statemachines.messages import (
+    ERROR_CODES,
+    SIGNAL_REFUSALS,
+    BreakerEvent,
+    Command,
+    ErrorInfo,
+    Reply,
+    SagaEvent,
+    SignalResult,
+    SignalSaga,
+    StartSaga,
+)
 from statemachines.names import MAX_ID, MAX_NAME, MAX_QUEUE, Names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,10 +36,19 @@ def section(heading: str) -> str:
 
 @pytest.mark.parametrize(
     ("kind", "heading"),
-    [(StartSaga, "3.2"), (Command, "3.3"), (Reply, "3.4"), (ErrorInfo, "3.5"), (SagaEvent, "3.6")],
+    [
+        (StartSaga, "3.2"),
+        (Command, "3.3"),
+        (Reply, "3.4"),
+        (ErrorInfo, "3.5"),
+        (SagaEvent, "3.6"),
+        (SignalSaga, "3.8"),
+        (SignalResult, "3.9"),
+        (BreakerEvent, "3.10"),
+    ],
 )
 def test_every_field_of_every_message_has_a_row(kind: type[msgspec.Struct], heading: str) -> None:
-    fields = section(heading).split("Codes with a meaning")[0]
+    fields = section(heading).split("Codes with a meaning")[0].split("The codes of a refused signal")[0]
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", fields, flags=re.M))
     assert rows == set(kind.__struct_fields__)
 
@@ -36,6 +56,18 @@ def test_every_field_of_every_message_has_a_row(kind: type[msgspec.Struct], head
 def test_every_error_code_with_a_meaning_is_in_the_codes_table() -> None:
     rows = set(re.findall(r"^\| `([a-z_]+)` \|", DOC.split("Codes with a meaning", 1)[1], flags=re.M))
     assert set(ERROR_CODES) <= rows
+
+
+def test_every_code_of_a_refused_signal_is_in_its_table() -> None:
+    table = section("3.9").split("The codes of a refused signal", 1)[1]
+    assert set(re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M)) == set(SIGNAL_REFUSALS)
+
+
+def test_every_queue_the_orchestrator_consumes_is_in_the_queue_table() -> None:
+    names = Names("ns")
+    table = section("2.2")
+    for queue in (names.start_queue, names.reply_queue, names.signals_queue):
+        assert f"| `{queue.replace('ns.', '<ns>.')}` |" in table
 
 
 def test_the_work_queue_arguments_are_the_ones_declared() -> None:

@@ -25,13 +25,23 @@ from statemachines.asyncapi import document
 from statemachines.decide import Start, decide
 from statemachines.dsl import Saga, Step
 from statemachines.harness import SagaHarness
-from statemachines.messages import Command, MalformedMessage, Reply, SagaEvent, StartSaga, decode
+from statemachines.messages import (
+    BreakerEvent,
+    Command,
+    MalformedMessage,
+    Reply,
+    SagaEvent,
+    SignalResult,
+    SignalSaga,
+    StartSaga,
+    decode,
+)
 from statemachines.names import Names
 from statemachines.sagas import SAGAS, Item, OrderData, order, trip
 from statemachines.schema import command_uses, schemas
 from tests.unit.test_fuzz_decoders import json_values, shaped
 
-KINDS: tuple[type[Any], ...] = (StartSaga, Command, Reply, SagaEvent)
+KINDS: tuple[type[Any], ...] = (StartSaga, Command, Reply, SagaEvent, SignalSaga, SignalResult, BreakerEvent)
 
 
 def _integer(checker: Any, instance: Any) -> bool:
@@ -105,6 +115,9 @@ REPLY = {
 }
 EVENT = {"saga_id": "s-1", "saga_type": "order", "status": "completed", "state": "completed", "at": 1767225600.5}
 START = {"saga_type": "order", "data": {"order_id": "o-1"}, "saga_id": "s-1", "reply_to": None}
+SIGNAL = {"saga_id": "s-1", "name": "bank_confirmed", "signal_id": "b-77", "data": {"ref": "b-77"}}
+ANSWER = {"saga_id": "s-1", "name": "bank_confirmed", "signal_id": "b-77", "outcome": "accepted", "at": 1767225600.5}
+BREAKER = {"breaker": "participant:payment", "state": "open", "at": 1767225600.5, "failures": 5, "window": 30}
 FAILURE = {**REPLY, "outcome": "failure", "data": {}, "error": {"code": "card_declined", "message": "no"}}
 
 SAMPLES: list[tuple[type[Any], dict[str, Any], bool]] = [
@@ -137,6 +150,24 @@ SAMPLES: list[tuple[type[Any], dict[str, Any], bool]] = [
     (SagaEvent, {**EVENT, "status": "exploded"}, False),
     (SagaEvent, {**EVENT, "at": "now"}, False),
     (SagaEvent, {**EVENT, "error": {"code": "timeout", "message": "no reply"}}, True),
+    (SignalSaga, SIGNAL, True),
+    (SignalSaga, {**SIGNAL, "reply_to": "saga.reply.bank"}, True),
+    (SignalSaga, {k: v for k, v in SIGNAL.items() if k != "data"}, True),
+    (SignalSaga, {k: v for k, v in SIGNAL.items() if k != "signal_id"}, False),
+    (SignalSaga, {**SIGNAL, "name": "bank.confirmed"}, False),  # a name: no dots
+    (SignalSaga, {**SIGNAL, "saga_id": "o-1.x"}, False),
+    (SignalSaga, {**SIGNAL, "signal_id": ""}, False),
+    (SignalSaga, {**SIGNAL, "data": []}, False),
+    (SignalSaga, {**SIGNAL, "reply_to": "no spaces"}, False),
+    (SignalResult, ANSWER, True),
+    (SignalResult, {**ANSWER, "outcome": "refused", "error": {"code": "not_waiting", "message": "later"}}, True),
+    (SignalResult, {**ANSWER, "duplicate": True}, True),
+    (SignalResult, {**ANSWER, "outcome": "maybe"}, False),
+    (SignalResult, {k: v for k, v in ANSWER.items() if k != "at"}, False),
+    (BreakerEvent, BREAKER, True),
+    (BreakerEvent, {**BREAKER, "state": "closed", "saga_id": None}, True),
+    (BreakerEvent, {**BREAKER, "state": "half_open"}, False),
+    (BreakerEvent, {**BREAKER, "failures": 1.5}, False),
     (StartSaga, START, True),
     (StartSaga, {"saga_type": "order"}, True),
     (StartSaga, {**START, "saga_type": None}, False),
