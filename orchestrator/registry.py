@@ -54,4 +54,4 @@ class Registry:
 
     @property
     def participants(self) -> set[str]:
-        return {step.participant for saga in self.sagas for step in saga.steps}
+        return {participant for saga in self.sagas for participant in saga.participants}

@@ -4,8 +4,18 @@ Nothing in this package does I/O or reads the clock.
 """
 
 from statemachines.compiler import CompiledSaga, compiled
-from statemachines.decide import Abort, Decision, Due, Event, Resume, Start, decide
-from statemachines.dsl import Retry, Saga, SagaDefinitionError, Step
+from statemachines.decide import Abort, Decision, Due, Event, Resume, Signal, Start, decide
+from statemachines.dsl import (
+    Await,
+    CircuitBreaker,
+    ForEach,
+    Parallel,
+    Retry,
+    Saga,
+    SagaDefinitionError,
+    Step,
+    breaker_key,
+)
 from statemachines.harness import SagaHarness, SagaRun
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import Command, ErrorInfo, Reply, SagaEvent, StartSaga
@@ -13,14 +23,18 @@ from statemachines.names import Names
 
 __all__ = [
     "Abort",
+    "Await",
+    "CircuitBreaker",
     "Command",
     "CompiledSaga",
     "Decision",
     "Due",
     "ErrorInfo",
     "Event",
+    "ForEach",
     "HistoryEntry",
     "Names",
+    "Parallel",
     "Reply",
     "Resume",
     "Retry",
@@ -30,9 +44,11 @@ __all__ = [
     "SagaHarness",
     "SagaInstance",
     "SagaRun",
+    "Signal",
     "Start",
     "StartSaga",
     "Step",
+    "breaker_key",
     "compiled",
     "decide",
 ]

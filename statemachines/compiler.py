@@ -1,8 +1,12 @@
 """Compile a `Saga` into one `transitions.Machine` per saga type.
 
-States: `new`, one forward state per step (named after the step), one
-`compensating_<step>` state per compensable step, and the terminal states
-`completed`, `compensated` and `stuck`.
+States: `new`, one forward state per node (named after the step or
+group), one `compensating_<node>` state per compensable node, and the
+terminal states `completed`, `compensated` and `stuck`. A group (Parallel,
+ForEach, a step with a `when`, a fallback or a breaker) keeps the progress
+of its branches in the instance's lanes (`statemachines.lanes`) and fires
+`succeeded` or `failed` on the machine once the group as a whole has an
+outcome; an Await leaves its state on `signal`.
 
 Triggers: `start`, `succeeded`, `failed`, `timed_out`, and those the engine
 fires for timers, operators and bugs: `resend` (a retry's backoff has
@@ -22,12 +26,12 @@ from typing import Any, cast
 
 from transitions import EventData, Machine, State
 
-from statemachines.dsl import Saga
+from statemachines.dsl import Await, Saga, lane_node
 from statemachines.messages import Status
 from statemachines.run import Run
 
 NEW, COMPLETED, COMPENSATED, STUCK = "new", "completed", "compensated", "stuck"
-TRIGGERS = ("start", "succeeded", "failed", "timed_out", "resend", "expired", "abort", "resume", "fault")
+TRIGGERS = ("start", "succeeded", "signal", "failed", "timed_out", "resend", "expired", "abort", "resume", "fault")
 # Triggers that are not part of the saga's business flow; graph export leaves
 # them out unless asked.
 OPERATOR_TRIGGERS = frozenset({"resend", "abort", "resume", "fault"})
@@ -48,6 +52,8 @@ class CompiledSaga:
     # state name -> (step index, action) for every step state
     step_states: dict[str, tuple[int, str]] = field(default_factory=dict)
     status_of: dict[str, Status] = field(default_factory=dict)
+    # The breaker keys held open for the decision at hand (decide sets them on a copy).
+    open_breakers: frozenset[str] = frozenset()
 
     def state_for(self, index: int, action: str) -> str:
         name = self.saga.steps[index].name
@@ -99,13 +105,61 @@ def compile_saga(saga: Saga) -> CompiledSaga:
 
     for index, step in enumerate(steps):
         forward = step.name
+        after_pivot = pivot is not None and index > pivot
+        following = steps[index + 1].name if index + 1 < len(steps) else COMPLETED
+        if index == 0:
+            add("start", NEW, forward)
+        compiled.step_states[forward] = (index, "do")
+        compiled.status_of[forward] = "running"
+        if step.compensable:
+            compiled.step_states[compensating(forward)] = (index, "compensate")
+            compiled.status_of[compensating(forward)] = "compensating"
+
+        if isinstance(step, Await) or lane_node(saga, step):
+            if isinstance(step, Await):
+
+                def enter_wait(event: EventData, index: int = index) -> None:
+                    _run(event).wait_signal(index)
+
+                states.append(State(forward, on_enter=[enter_wait]))
+                add("signal", forward, following)
+                ends = ("timed_out",)
+            else:
+
+                def enter_group(event: EventData, index: int = index) -> None:
+                    _run(event).enter_group(index, "do")
+
+                states.append(State(forward, on_enter=[enter_group]))
+                add("succeeded", forward, following)
+                ends = ("failed",)
+            for trigger in ends:
+                if after_pivot:
+                    add(trigger, forward, STUCK)
+                elif step.compensable and not isinstance(step, Await):
+                    add(trigger, forward, compensating(forward))
+                else:
+                    add(trigger, forward, undo_from(index))
+            if not after_pivot:
+                for trigger in ("abort", "expired") if saga.deadline else ("abort",):
+                    add(
+                        trigger,
+                        forward,
+                        compensating(forward) if step.compensable and not isinstance(step, Await) else undo_from(index),
+                    )
+            if step.compensable:
+
+                def enter_undo(event: EventData, index: int = index) -> None:
+                    _run(event).enter_group(index, "compensate")
+
+                states.append(State(compensating(forward), on_enter=[enter_undo]))
+                add("succeeded", compensating(forward), undo_from(index))
+                add("failed", compensating(forward), STUCK)
+            continue
 
         def enter_forward(event: EventData, index: int = index) -> None:
             _run(event).send(index, "do")
 
         states.append(State(forward, on_enter=[enter_forward]))
-        compiled.step_states[forward] = (index, "do")
-        compiled.status_of[forward] = "running"
         if step.compensable:
             name = compensating(forward)
 
@@ -113,14 +167,9 @@ def compile_saga(saga: Saga) -> CompiledSaga:
                 _run(event).send(index, "compensate")
 
             states.append(State(name, on_enter=[enter_compensating]))
-            compiled.step_states[name] = (index, "compensate")
-            compiled.status_of[name] = "compensating"
 
-        if index == 0:
-            add("start", NEW, forward)
-        add("succeeded", forward, steps[index + 1].name if index + 1 < len(steps) else COMPLETED)
+        add("succeeded", forward, following)
         add("resend", forward, None, after=[resend])
-        after_pivot = pivot is not None and index > pivot
         for trigger in ("failed", "timed_out"):
             add(trigger, forward, None, conditions=[may_retry], after=[schedule_retry])
             if after_pivot:
@@ -161,7 +210,7 @@ def compile_saga(saga: Saga) -> CompiledSaga:
         add("resume", STUCK, state, conditions=[stuck_in])
         add("fault", state, STUCK)
         if action == "do" and (pivot is None or index <= pivot):
-            if steps[index].compensable:
+            if steps[index].compensable and not isinstance(steps[index], Await):
                 add("abort", STUCK, compensating(state), conditions=[stuck_in])
             add("abort", STUCK, undo_from(index), conditions=[stuck_in])
 

@@ -8,14 +8,18 @@ first persists and publishes what it returns, the second keeps it in memory.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from transitions import MachineError
 
+from statemachines import lanes
 from statemachines.compiler import CompiledSaga, compiled
-from statemachines.dsl import Saga
+from statemachines.dsl import Await, Saga, lane_node
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import (
     OUTCOME_UNKNOWN,
@@ -61,7 +65,15 @@ class RefusedReply(msgspec.Struct):
     in_reply_to: str | None = None
 
 
-Event = Start | Reply | Due | Resume | Abort | RefusedReply
+class Signal(msgspec.Struct, kw_only=True):
+    """An outside event for a saga parked in `Await(name)`; `signal_id` makes it idempotent."""
+
+    name: str
+    signal_id: str
+    data: dict[str, Any] = {}
+
+
+Event = Start | Reply | Due | Resume | Abort | RefusedReply | Signal
 
 
 @dataclass
@@ -80,15 +92,33 @@ class Decision:
     # Only a note on the saga changed, not where it is: its outbox and
     # deadline stay as they are.
     keeps_outbox: bool = False
+    # For the edge's circuit breakers: each key that saw a success (True) or
+    # a counted failure (False: a timeout or a retriable failure).
+    breaker_results: list[tuple[str, bool]] = field(default_factory=list)
+    # A signal was not applied: "not_waiting", "unknown_signal" or "finished".
+    signal_refusal: str | None = None
 
 
 def new_instance(saga: Saga, saga_id: str) -> SagaInstance:
     return SagaInstance(saga_id=saga_id, saga_type=saga.name, definition_version=saga.version)
 
 
-def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) -> Decision:
-    """Apply `event` to `instance` (None: the saga does not exist yet) at time `now`."""
+def decide(
+    saga: Saga,
+    instance: SagaInstance | None,
+    event: Event,
+    now: float,
+    open_breakers: frozenset[str] = frozenset(),
+) -> Decision:
+    """Apply `event` to `instance` (None: the saga does not exist yet) at time `now`.
+
+    `open_breakers` are the breaker keys (see `dsl.breaker_key`) the edge
+    holds open: a step behind one is not sent, it goes to its fallback or
+    fails fast. A half-open trial is the edge's: it leaves the key out.
+    """
     flow = compiled(saga)
+    if open_breakers:
+        flow = dataclasses.replace(flow, open_breakers=frozenset(open_breakers))
     if isinstance(event, Start):
         digest = start_digest(event.saga_type or saga.name, event.data)
         if instance is not None:
@@ -112,6 +142,8 @@ def decide(saga: Saga, instance: SagaInstance | None, event: Event, now: float) 
         return _fire(flow, instance, "start", now)
     if instance is None:
         return Decision(None, note="unknown saga")
+    if isinstance(event, Signal):
+        return _apply_signal(flow, instance, event, now)
     if isinstance(event, Reply):
         return _apply_reply(flow, instance, event, now)
     if isinstance(event, Due):
@@ -170,7 +202,60 @@ def _refused_reply(inst: SagaInstance, refused: RefusedReply, now: float) -> Dec
     return decision
 
 
+def _in_group(flow: CompiledSaga, inst: SagaInstance) -> bool:
+    """Whether the saga is in a group node's state, where lanes take the replies and timers."""
+    if inst.step is None or inst.status in TERMINAL or inst.status == "new":
+        return False
+    return inst.step in inst.groups or any(
+        node.name == inst.step and lane_node(flow.saga, node) for node in flow.saga.steps
+    )
+
+
+def _group_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
+    lane = next((lane for lane in inst.groups.get(inst.step or "", ()) if lane.awaiting == reply.in_reply_to), None)
+    if lane is None or lanes.wire_step(lane, lane.step or "") != reply.step or reply.action != lane.action:
+        return _unchanged(
+            inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: duplicate or late"
+        )
+    node = flow.saga.node(inst.step or "")
+    key = lane.key
+
+    def work(run: Run) -> None:
+        found = next(x for x in run.inst.groups[node.name] if x.key == key)
+        lanes.on_reply(run, node, found, reply)
+
+    return _fire(flow, inst, None, now, work=work)
+
+
+def _apply_signal(flow: CompiledSaga, inst: SagaInstance, signal: Signal, now: float) -> Decision:
+    awaits = {node.name for node in flow.saga.steps if isinstance(node, Await)}
+    if signal.signal_id in inst.signals:
+        return Decision(inst, note=f"signal {signal.signal_id!r} was applied already")
+    refusal = None
+    if inst.status in TERMINAL:
+        refusal = "finished"
+    elif signal.name not in awaits:
+        refusal = "unknown_signal"
+    elif inst.step != signal.name or inst.waiting != "signal" or inst.status != "running":
+        refusal = "not_waiting"
+    if refusal is not None:
+        why = {
+            "finished": f"the saga is {inst.status}",
+            "unknown_signal": f"saga type {flow.saga.name!r} awaits no signal {signal.name!r}",
+            "not_waiting": f"the saga is at {inst.state!r}, not waiting for {signal.name!r}",
+        }[refusal]
+        decision = _unchanged(inst, now, "refused_signal", f"signal {signal.name!r} ({signal.signal_id}): {why}")
+        decision.signal_refusal = refusal
+        return decision
+    merged = msgspec.structs.replace(
+        inst, data={**inst.data, **signal.data}, signals=[*inst.signals, signal.signal_id][-100:]
+    )
+    return _fire(flow, merged, "signal", now, detail=f"signal {signal.signal_id}")
+
+
 def _apply_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: float) -> Decision:
+    if _in_group(flow, inst):
+        return _group_reply(flow, inst, reply, now)
     if reply.in_reply_to != inst.awaiting or reply.step != inst.step or reply.action != inst.action:
         why = "duplicate or late" if inst.awaiting is None else f"the saga awaits {inst.awaiting}"
         return _unchanged(inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: {why}")
@@ -193,8 +278,32 @@ def _apply_due(flow: CompiledSaga, inst: SagaInstance, now: float) -> Decision:
         error = ErrorInfo("expired", f"saga deadline passed at step {inst.step!r}")
         inst = msgspec.structs.replace(inst, error=error)
         return _fire(flow, inst, "expired", now, detail=error.message)
+    if _in_group(flow, inst):
+        due = [
+            lane.key for lane in inst.groups.get(inst.step or "", ()) if lane.due_at is not None and lane.due_at <= now
+        ]
+        if not due:
+            return Decision(inst, note="nothing is due yet")
+        node = flow.saga.node(inst.step or "")
+        group_state = inst.state
+
+        def work(run: Run) -> None:
+            for key in due:
+                if run.follow is not None or run.state != group_state:
+                    break
+                lane = next(x for x in run.inst.groups[node.name] if x.key == key)
+                if lane.due_at is not None and lane.due_at <= now:
+                    lanes.on_due(run, node, lane)
+
+        return _fire(flow, inst, None, now, work=work)
     if inst.due_at is None or now < inst.due_at:
         return Decision(inst, note="nothing is due yet")
+    if inst.waiting == "signal":
+        node = flow.saga.node(inst.step or "")
+        assert isinstance(node, Await)
+        error = ErrorInfo("timeout", f"no signal {node.name!r} within {node.timeout:g}s")
+        inst = msgspec.structs.replace(inst, error=error)
+        return _fire(flow, inst, "timed_out", now, detail=error.message)
     if inst.waiting == "backoff":
         return _fire(flow, inst, "resend", now)
     step = flow.saga.step(inst.step or "")
@@ -221,10 +330,19 @@ def _unchanged(inst: SagaInstance, now: float, event: str, detail: str) -> Decis
 
 
 def _fire(
-    flow: CompiledSaga, old: SagaInstance, trigger: str, now: float, code: str | None = None, detail: str = ""
+    flow: CompiledSaga,
+    old: SagaInstance,
+    trigger: str | None,
+    now: float,
+    code: str | None = None,
+    detail: str = "",
+    work: Callable[[Run], None] | None = None,
 ) -> Decision:
-    inst = msgspec.structs.replace(old, rev=old.rev + 1, updated_at=now)
-    run = Run(flow.saga, inst, now, code)
+    """Fire `trigger` on the machine (or do `work` inside the current group), then what follows from it."""
+    inst = msgspec.structs.replace(
+        old, rev=old.rev + 1, updated_at=now, groups=copy.deepcopy(old.groups) if old.groups else {}
+    )
+    run = Run(flow.saga, inst, now, code, flow.open_breakers)
     if old.status == "stuck":
         assert inst.step is not None
         run.resume_state = flow.state_for(flow.saga.index(inst.step), inst.action)
@@ -232,33 +350,66 @@ def _fire(
     # bind every trigger and state helper onto it for one use (most of
     # decide's cost), and nothing here needs those helpers.
     events = flow.machine.events
+    history: list[HistoryEntry] = []
+
+    def fire(trigger: str, detail: str) -> bool:
+        before = (inst.step, inst.action, inst.attempt, run.state)
+        mark = len(run.history)
+        if not events[trigger].trigger(run):
+            return False
+        # The entry names the step the event was about: a reply's or a timeout's
+        # is the step the saga was in; a (re)send's is the step it sends to.
+        step, action, attempt = (
+            (inst.step, inst.action, inst.attempt) if trigger in ("start", "resend", "resume", "fault") else before[:3]
+        )
+        entry = HistoryEntry(
+            at=now,
+            event=trigger,
+            source=before[3],
+            dest=run.state,
+            step=step,
+            action=action,
+            attempt=attempt,
+            detail=detail,
+        )
+        run.history.insert(mark, entry)
+        return True
+
+    def cascade() -> None:
+        # A group that ended inside a callback (all skipped, nothing to
+        # compensate, a breaker failing fast) moves the machine on here.
+        for _ in range(4 * len(flow.saga.steps) + 8):
+            if run.follow is None:
+                return
+            follow, why = run.follow, run.follow_detail
+            run.follow, run.follow_detail = None, ""
+            run.resume_state = None
+            fire(follow, why)
+        raise AssertionError("a group kept ending without the machine moving")
+
     try:
-        fired = events[trigger].trigger(run)
+        if work is not None:
+            run.state = inst.state
+            work(run)
+            fired = True
+        else:
+            assert trigger is not None
+            fired = fire(trigger, detail)
+        if fired:
+            cascade()
     except MachineError:
         return Decision(old, note=f"{trigger!r} does not apply in state {old.state!r}")
     except PayloadError as exc:
         inst.error = ErrorInfo("payload_error", str(exc))
-        detail = str(exc)
-        trigger = "fault"
         run.commands.clear()
-        fired = events["fault"].trigger(run)
+        run.follow = None
+        run.resume_state = None
+        fired = fire("fault", str(exc))
     if not fired:
         return Decision(old, note=f"no transition for {trigger!r} in state {old.state!r}")
+    history = run.history
     inst.state = run.state
     inst.status = flow.status_of[run.state]
-    # The entry names the step the event was about: a reply's or a timeout's
-    # is the step the saga was in; a (re)send's is the step it sends to.
-    about = inst if trigger in ("start", "resend", "resume", "fault") else old
-    entry = HistoryEntry(
-        at=now,
-        event=trigger,
-        source=old.state,
-        dest=inst.state,
-        step=about.step,
-        action=about.action,
-        attempt=about.attempt,
-        detail=detail,
-    )
     lifecycle = []
     if inst.status != old.status:
         status = "running" if inst.status == "new" else inst.status
@@ -275,4 +426,11 @@ def _fire(
                 error=error,
             )
         )
-    return Decision(inst, commands=run.commands, events=lifecycle, history=[entry], changed=True)
+    return Decision(
+        inst,
+        commands=run.commands,
+        events=lifecycle,
+        history=history,
+        changed=True,
+        breaker_results=run.breaker_results,
+    )

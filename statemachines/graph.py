@@ -18,7 +18,7 @@ from itertools import pairwise
 from typing import Any
 
 from statemachines.compiler import NEW, OPERATOR_TRIGGERS, TRIGGERS, compiled
-from statemachines.dsl import Saga
+from statemachines.dsl import Await, ForEach, Parallel, Saga, Step
 from statemachines.messages import TERMINAL
 
 GUARDS = {
@@ -169,17 +169,43 @@ def _in_order(triggers: list[str]) -> tuple[str, ...]:
 
 
 def _label(saga: Saga, state: str) -> list[str]:
-    """Lines describing a state: the step, who does what, and its time budget."""
+    """Lines describing a state: the step or group, who does what, its guard, fallback and time budget."""
     if state not in compiled(saga).step_states:
         return [state]
     index, action = compiled(saga).step_states[state]
-    step = saga.steps[index]
+    node = saga.steps[index]
+    if isinstance(node, Parallel):
+        branches = " | ".join(" then ".join(s.name for s in branch) for branch in node.branches)
+        return [f"{state} (parallel)", f"branches: {branches}"]
+    if isinstance(node, ForEach):
+        return [
+            f"{state} (for each of {node.items}, {node.max_concurrency} at once)",
+            *_step_lines(node.step, action),
+        ]
+    if isinstance(node, Await):
+        if action == "do":
+            return [f"{state} (await signal)", f"timeout {node.timeout:g}s"]
+        assert node.compensation is not None
+        return [state, f"{node.compensation.participant}: {node.compensation.command}"]
+    title = f"{state} (pivot)" if node.pivot and action == "do" else state
+    lines = [title, *_step_lines(node, action)]
+    if node.when is not None and action == "do":
+        lines.insert(1, f"when {node.guard_label}, else skipped")
+    if node.fallback is not None:
+        lines.append(f"fallback {node.fallback.name}: {' '.join(_step_lines(node.fallback, action)[:1])}")
+    return lines
+
+
+def _step_lines(step: Step, action: str) -> list[str]:
     if action == "do":
-        title, command, retry = (f"{state} (pivot)" if step.pivot else state), step.command, step.retry
+        command, retry = step.command, step.retry
     else:
-        title, command, retry = state, step.compensation or "", step.compensation_retry
+        command, retry = step.undo_command or "", step.compensation_retry
     attempts = "1 attempt" if retry.attempts == 1 else f"up to {retry.attempts} attempts"
-    return [title, f"{step.participant}: {command}", f"timeout {step.timeout:g}s, {attempts}"]
+    lines = [f"{step.participant}: {command}", f"timeout {step.timeout:g}s, {attempts}"]
+    if step.breaker is not None:
+        lines.append(f"breaker {step.breaker.failures} failures/{step.breaker.window:g}s")
+    return lines
 
 
 def _mermaid_ids(states: list[str]) -> dict[str, str]:

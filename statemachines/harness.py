@@ -13,6 +13,13 @@
 
 Nothing here sleeps: `advance(seconds)` moves the clock and fires every
 timeout and retry that falls due on the way, in time order.
+
+Inside a Parallel or ForEach several commands are awaited at once; name the
+one a reply answers with `step=`: a branch's step name (`"book_hotel"`, or
+`"book.book_hotel"` with its group), a ForEach item's `"<step>-<index>"`
+(or `"<group>.<index>"`). `run.signal(name, data)` delivers a signal to an
+Await; `harness.open_breaker(key)` / `close_breaker(key)` hold a circuit
+breaker open for every saga (keys from `statemachines.dsl.breaker_key`).
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from statemachines.decide import Abort, Decision, Due, Event, Resume, Start, decide
-from statemachines.dsl import Saga
+from statemachines.decide import Abort, Decision, Due, Event, Resume, Signal, Start, decide
+from statemachines.dsl import ForEach, Saga
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import TERMINAL, Command, ErrorInfo, Reply, SagaEvent
 
@@ -68,6 +75,9 @@ class SagaRun:
         self.events: list[SagaEvent] = []
         self.history: list[HistoryEntry] = []
         self._replies = itertools.count(1)
+        self._signals = itertools.count(1)
+        # (breaker key, success?) as decide reported them, in order.
+        self.breaker_results: list[tuple[str, bool]] = []
 
     # what it is
     @property
@@ -92,12 +102,34 @@ class SagaRun:
         return ["new"] + [h.dest for h in self.history if h.dest != h.source]
 
     @property
+    def awaited(self) -> list[Sent]:
+        """Every command whose reply the saga waits for (several inside a group)."""
+        inst = self._instance
+        ids = {inst.awaiting} if inst.awaiting is not None else set()
+        if inst.status not in TERMINAL:
+            ids.update(lane.awaiting for lane in inst.groups.get(inst.step or "", ()) if lane.awaiting is not None)
+        return [sent for sent in self.sent if sent.message.message_id in ids]
+
+    @property
     def awaiting(self) -> Sent | None:
-        """The command whose reply the saga waits for, if any."""
-        for sent in reversed(self.sent):
-            if sent.message.message_id == self._instance.awaiting:
+        """The command whose reply the saga waits for, if it waits for exactly one."""
+        awaited = self.awaited
+        return awaited[0] if len(awaited) == 1 else None
+
+    def awaited_step(self, step: str) -> Sent:
+        """The awaited command of `step` (see the module's doc for the names it takes)."""
+        wanted = {step}
+        group, _, rest = step.partition(".")
+        if rest:
+            wanted.add(rest)
+            node = next((n for n in self.saga.steps if n.name == group), None)
+            if isinstance(node, ForEach) and rest.isdigit():
+                wanted.add(f"{node.step.name}-{rest}")
+        for sent in self.awaited:
+            if sent.step in wanted:
                 return sent
-        return None
+        names = ", ".join(sent.step for sent in self.awaited) or "none"
+        raise AssertionError(f"saga {self.saga_id!r} awaits no reply from step {step!r}; it awaits: {names}")
 
     @property
     def done(self) -> bool:
@@ -110,13 +142,20 @@ class SagaRun:
         return self.instance
 
     # what to do to it
-    def succeed(self, data: Mapping[str, Any] | None = None) -> Decision:
-        """Answer the awaited command with success, merging `data` into the saga."""
-        return self.deliver(self.reply("success", data=data))
+    def succeed(self, data: Mapping[str, Any] | None = None, *, step: str | None = None) -> Decision:
+        """Answer the awaited command (of `step`) with success, merging `data` into the saga."""
+        to = self.awaited_step(step) if step is not None else None
+        return self.deliver(self.reply("success", data=data, to=to))
 
-    def fail(self, code: str, message: str = "") -> Decision:
-        """Answer the awaited command with a failure carrying `code`."""
-        return self.deliver(self.reply("failure", error=ErrorInfo(code, message)))
+    def fail(self, code: str, message: str = "", *, step: str | None = None) -> Decision:
+        """Answer the awaited command (of `step`) with a failure carrying `code`."""
+        to = self.awaited_step(step) if step is not None else None
+        return self.deliver(self.reply("failure", error=ErrorInfo(code, message), to=to))
+
+    def signal(self, name: str, data: Mapping[str, Any] | None = None, *, signal_id: str | None = None) -> Decision:
+        """Deliver the signal `name` (an Await's) with `data`; the same `signal_id` again is a repeat."""
+        signal_id = signal_id or f"{self.saga_id}/signal-{next(self._signals)}"
+        return self.harness._apply(self, Signal(name=name, signal_id=signal_id, data=dict(data or {})))
 
     def reply(
         self,
@@ -130,6 +169,9 @@ class SagaRun:
         target = to or self.awaiting
         if target is None:
             inst = self._instance
+            if len(self.awaited) > 1:
+                names = ", ".join(sent.step for sent in self.awaited)
+                raise AssertionError(f"saga {self.saga_id!r} awaits several replies ({names}): pass step=...")
             raise AssertionError(
                 f"saga {self.saga_id!r} awaits no reply (state {inst.state!r}, waiting {inst.waiting!r}); "
                 "advance the clock or pass to=run.sent[i]"
@@ -171,6 +213,14 @@ class SagaHarness:
         self.now = start_time
         self.runs: dict[str, SagaRun] = {}
         self._ids = itertools.count(1)
+        self.open_breakers: set[str] = set()
+
+    def open_breaker(self, key: str) -> None:
+        """Hold the breaker `key` open, as the edge would after too many failures."""
+        self.open_breakers.add(key)
+
+    def close_breaker(self, key: str) -> None:
+        self.open_breakers.discard(key)
 
     def start(
         self, saga_type: str | None = None, data: Mapping[str, Any] | None = None, *, saga_id: str | None = None
@@ -215,7 +265,8 @@ class SagaHarness:
         self.now = until
 
     def _apply(self, run: SagaRun, event: Event) -> Decision:
-        decision = decide(run.saga, run.instance, event, self.now)
+        decision = decide(run.saga, run.instance, event, self.now, frozenset(self.open_breakers))
+        run.breaker_results.extend(decision.breaker_results)
         if decision.instance is not None:
             run.instance = decision.instance
         run.history.extend(decision.history)

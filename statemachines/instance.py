@@ -6,9 +6,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from statemachines.messages import Action, ErrorInfo, SagaEvent, Status
+from statemachines.lanes import Lane
+from statemachines.messages import TERMINAL, Action, ErrorInfo, SagaEvent, Status
 
-Waiting = Literal["reply", "backoff"]
+# "signal": parked in an Await until its signal or its timeout.
+Waiting = Literal["reply", "backoff", "signal"]
 
 
 class SagaInstance(msgspec.Struct, kw_only=True):
@@ -46,11 +48,18 @@ class SagaInstance(msgspec.Struct, kw_only=True):
     # The W3C traceparent of the saga's own span, when tracing is on: every
     # later span of the saga joins its trace, in whichever process.
     trace: str | None = None
+    # Per group node (Parallel, ForEach, a guarded or fallback step): its
+    # lanes, kept until the saga ends since a later failure compensates them.
+    groups: dict[str, list[Lane]] = {}
+    # Ids of the signals applied: a repeat is acknowledged, not applied again.
+    signals: list[str] = []
 
     @property
     def wake_at(self) -> float | None:
         """The earliest time the saga needs a `Due` event, if any."""
         times = [t for t in (self.due_at, self.deadline) if t is not None]
+        if self.step in self.groups and self.status not in TERMINAL:
+            times.extend(lane.due_at for lane in self.groups[self.step] if lane.due_at is not None)
         return min(times) if times else None
 
 

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import random
 
-from statemachines.dsl import Retry, Saga, Step
-from statemachines.instance import SagaInstance
-from statemachines.messages import Command
+from statemachines import lanes
+from statemachines.dsl import Await, Retry, Saga, Step
+from statemachines.instance import HistoryEntry, SagaInstance
+from statemachines.lanes import PayloadError
+from statemachines.messages import Action, Command
 
-
-class PayloadError(Exception):
-    """A step's payload builder raised: a bug in the saga definition."""
+__all__ = ["PayloadError", "Run"]
 
 
 class Run:
     """The model a trigger is fired on: the instance plus what callbacks decide."""
 
-    def __init__(self, saga: Saga, inst: SagaInstance, now: float, code: str | None = None) -> None:
+    def __init__(
+        self,
+        saga: Saga,
+        inst: SagaInstance,
+        now: float,
+        code: str | None = None,
+        open_breakers: frozenset[str] = frozenset(),
+    ) -> None:
         self.saga = saga
         self.inst = inst
         self.now = now
@@ -29,6 +36,55 @@ class Run:
         self.commands: list[Command] = []
         self.resume_state: str | None = None
         self.state: str = inst.state
+        self.open_breakers = open_breakers
+        # (breaker key, success?) for each reply or timeout a breaker counts.
+        self.breaker_results: list[tuple[str, bool]] = []
+        # What happened inside a group (a branch's reply, a skipped step...):
+        # history entries that do not move the machine.
+        self.history: list[HistoryEntry] = []
+        # A trigger a callback wants fired next: a group that has ended.
+        self.follow: str | None = None
+        self.follow_detail = ""
+        self._sent = 0
+
+    def message_id(self) -> str:
+        """A unique id per command: the rev, and a counter when one decision sends several."""
+        self._sent += 1
+        base = f"{self.inst.saga_id}:{self.inst.rev}"
+        return base if self._sent == 1 else f"{base}.{self._sent}"
+
+    def note(self, event: str, step: str, action: Action, attempt: int, detail: str = "") -> None:
+        self.history.append(
+            HistoryEntry(
+                at=self.now,
+                event=event,
+                source=self.state,
+                dest=self.state,
+                step=step,
+                action=action,
+                attempt=attempt,
+                detail=detail,
+            )
+        )
+
+    def enter_group(self, index: int, action: str) -> None:
+        lanes.enter(self, self.saga.steps[index], action)
+
+    def wait_signal(self, index: int) -> None:
+        """Enter an Await: park until its signal, or its timeout."""
+        node = self.saga.steps[index]
+        assert isinstance(node, Await) and node.timeout is not None
+        inst = self.inst
+        inst.step = node.name
+        inst.action = "do"
+        inst.attempt = 0
+        inst.awaiting = None
+        inst.maybe_applied = False
+        inst.waiting = "signal"
+        inst.due_at = self.now + node.timeout
+        pivot = self.saga.pivot_index
+        if pivot is not None and index > pivot:
+            inst.deadline = None
 
     def _step(self) -> Step:
         assert self.inst.step is not None
@@ -69,7 +125,7 @@ class Run:
             raise PayloadError(f"payload of step {step.name!r} could not be built: {exc!r}") from exc
         command = step.command if inst.action == "do" else step.compensation
         assert command is not None
-        inst.awaiting = f"{inst.saga_id}:{inst.rev}"
+        inst.awaiting = self.message_id()
         inst.refused_reply = None
         inst.waiting = "reply"
         inst.due_at = self.now + step.timeout

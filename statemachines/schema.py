@@ -95,8 +95,11 @@ def command_uses(sagas: Iterable[Saga]) -> list[CommandUse]:
     """Every (participant, command) the sagas send, sorted, with the types, steps and actions that send it."""
     found: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
     for saga in sagas:
-        for step in saga.steps:
-            for action, command in (("do", step.command), ("compensate", step.compensation)):
+        for step in saga.all_steps.values():
+            for action, command in (
+                ("do", None if step.undo_by_command else step.command),
+                ("compensate", step.undo_command),
+            ):
                 if command is not None:
                     found.setdefault((step.participant, command), []).append((saga.name, step.name, action))
     return [
@@ -144,7 +147,7 @@ def _command(
     payloads: list[Any] = []
     for saga in sagas:
         data = data_refs.get(saga.data) if saga.data is not None else None
-        for step in saga.steps:
+        for step in saga.all_steps.values():
             if step.participant == use.participant and use.command in (step.command, step.compensation):
                 payload = _payload(step, data, defs, ref_template)
                 if payload not in payloads:

@@ -129,7 +129,7 @@ def test_two_pivots() -> None:
 
 
 def test_steps_must_be_step_objects() -> None:
-    refused("order", None, "steps must be Step objects", steps=[step(), "charge"])
+    refused("order", None, "steps must be Step, Parallel, ForEach or Await objects", steps=[step(), "charge"])
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,7 @@ def test_a_due_event_that_changes_nothing_fails_instead_of_looping(monkeypatch: 
     real = decide
     calls = []
 
-    def stubborn(saga: Saga, instance: Any, event: Any, now: float) -> Decision:
+    def stubborn(saga: Saga, instance: Any, event: Any, now: float, *breakers: Any) -> Decision:
         calls.append(event)
         assert len(calls) < 50, "advance keeps firing the same Due"
         return (
