@@ -235,3 +235,191 @@ def test_breakers_name_participants_of_the_saga() -> None:
     saga = Saga("s", [step("a", breaker=CircuitBreaker()), step("b")], breakers={"b": CircuitBreaker()})
     assert breaker_key(saga, "a") == "step:s.a"
     assert breaker_key(saga, "b") == "participant:b"
+
+
+# fallback and breakers
+
+
+def payment(**options: Any) -> Saga:
+    backup = step("backup", participant="backup_payment")
+    charge = step("charge", participant="payment", retry=Retry(2, backoff=0, retry_on=["unavailable"]))
+    charge.fallback = backup
+    return Saga("order", [step("reserve"), Step(**_same(charge, fallback=backup)), step("ship", comp=False)], **options)
+
+
+def _same(s: Step, **changes: Any) -> dict[str, Any]:
+    options = {
+        "name": s.name,
+        "participant": s.participant,
+        "command": s.command,
+        "compensation": s.compensation,
+        "retry": s.retry,
+    }
+    options.update(changes)
+    return options
+
+
+def test_exhausted_retriable_failures_go_to_the_fallback_which_is_compensated_later() -> None:
+    run = SagaHarness(payment()).start("order")
+    run.succeed()
+    run.fail("unavailable")
+    run.fail("unavailable")
+    assert run.awaiting is not None and run.awaiting.step == "backup"
+    assert run.awaiting.participant == "backup_payment"
+    run.succeed()
+    run.fail("address_unknown")  # ship: not compensable, fails for good
+    assert undone(run) == ["backup"]
+    run.succeed()
+    assert undone(run) == ["backup", "reserve"]
+    run.succeed()
+    assert run.status == "compensated"
+
+
+def test_a_business_refusal_does_not_fall_back() -> None:
+    run = SagaHarness(payment()).start("order")
+    run.succeed()
+    run.fail("card_declined")
+    assert run.awaiting is not None and run.awaiting.step == "reserve"
+    assert "backup" not in [s.step for s in run.sent]
+
+
+def test_a_timed_out_primary_is_compensated_too_should_the_saga_compensate() -> None:
+    harness = SagaHarness(payment())
+    run = harness.start("order")
+    run.succeed()
+    harness.advance(31)
+    harness.advance(31)  # two timeouts: charge may have happened
+    assert run.awaiting is not None and run.awaiting.step == "backup"
+    run.fail("declined")
+    assert undone(run) == ["charge"]
+
+
+def test_an_open_breaker_sends_the_step_straight_to_its_fallback_or_fails_fast() -> None:
+    saga = payment(breakers={"payment": CircuitBreaker()})
+    harness = SagaHarness(saga)
+    key = breaker_key(saga, "charge")
+    assert key == "participant:payment"
+    harness.open_breaker(key)
+    run = harness.start("order")
+    run.succeed()
+    assert run.awaiting is not None and run.awaiting.step == "backup"
+    assert "charge" not in [s.step for s in run.sent]
+    harness.close_breaker(key)
+    again = harness.start("order")
+    again.succeed()
+    again.fail("unavailable")
+    again.succeed()
+    assert again.breaker_results == [(key, False), (key, True)]
+
+    plain = Saga(
+        "plain", [step("reserve"), step("charge", participant="payment")], breakers={"payment": CircuitBreaker()}
+    )
+    harness = SagaHarness(plain)
+    harness.open_breaker("participant:payment")
+    run = harness.start("plain")
+    run.succeed()
+    assert run.state == "compensating_reserve"
+    assert run.error is not None and run.error.code == "breaker_open"
+
+
+def test_business_refusals_are_not_counted_by_a_breaker() -> None:
+    saga = payment(breakers={"payment": CircuitBreaker()})
+    run = SagaHarness(saga).start("order")
+    run.succeed()
+    run.fail("card_declined")
+    assert run.breaker_results == []
+
+
+# Await
+
+
+def bank() -> Saga:
+    undo = Step("release_hold", participant="bank", command="release_hold")
+    return Saga(
+        "transfer",
+        [step("hold"), Await("bank_confirmed", timeout=3600, compensation=undo), step("settle", comp=False)],
+    )
+
+
+def test_the_saga_parks_until_its_signal_and_merges_its_data() -> None:
+    harness = SagaHarness(bank())
+    run = harness.start("transfer")
+    run.succeed()
+    assert run.state == "bank_confirmed" and run.awaited == []
+    harness.advance(100)
+    decision = run.signal("bank_confirmed", {"bank_ref": "b-1"}, signal_id="s1")
+    assert decision.changed
+    assert run.data["bank_ref"] == "b-1"
+    assert run.awaiting is not None and run.awaiting.step == "settle"
+    repeat = run.signal("bank_confirmed", {"bank_ref": "other"}, signal_id="s1")
+    assert not repeat.changed and repeat.signal_refusal is None
+    assert run.data["bank_ref"] == "b-1"
+    run.fail("settlement_refused")
+    # the Await's compensation runs its command, then the hold is released
+    assert [(s.step, s.command) for s in run.sent if s.action == "compensate"] == [("release_hold", "release_hold")]
+    run.succeed()
+    assert undone(run) == ["release_hold", "hold"]
+
+
+def test_a_signal_the_saga_does_not_wait_for_is_refused_with_a_reason() -> None:
+    harness = SagaHarness(bank())
+    run = harness.start("transfer")
+    assert run.signal("bank_confirmed").signal_refusal == "not_waiting"
+    assert run.signal("bank_declined").signal_refusal == "unknown_signal"
+    run.succeed()
+    harness.advance(3601)
+    assert run.state == "compensating_hold"
+    assert run.error is not None and run.error.code == "timeout"
+    run.succeed()
+    assert run.status == "compensated"
+    assert undone(run) == ["hold"]
+    assert run.signal("bank_confirmed").signal_refusal == "finished"
+
+
+# ForEach
+
+
+def reserve(limit: int = 2) -> Saga:
+    return Saga(
+        "stock",
+        [
+            step("pay"),
+            ForEach(
+                "reserve", items="warehouses", step=step("reserve_one", participant="inventory"), max_concurrency=limit
+            ),
+        ],
+    )
+
+
+def test_for_each_sends_one_command_per_item_within_its_concurrency_and_collects_in_order() -> None:
+    run = SagaHarness(reserve()).start("stock", {"warehouses": ["a", "b", "c"]})
+    run.succeed()
+    assert [s.step for s in run.awaited] == ["reserve_one-0", "reserve_one-1"]
+    assert run.awaited[0].payload["item"] == "a"
+    run.succeed({"n": 1}, step="reserve_one-1")
+    assert [s.step for s in run.awaited] == ["reserve_one-0", "reserve_one-2"]
+    run.succeed({"n": 2}, step="reserve.2")
+    run.succeed({"n": 0}, step="reserve_one-0")
+    assert run.status == "completed"
+    assert run.data["reserve"] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+def test_a_failed_item_compensates_succeeded_and_in_flight_items_then_earlier_steps() -> None:
+    run = SagaHarness(reserve()).start("stock", {"warehouses": ["a", "b", "c", "d"]})
+    run.succeed()
+    run.succeed(step="reserve_one-0")
+    run.fail("out_of_stock", step="reserve_one-1")
+    assert sorted(undone(run)) == ["reserve_one-0", "reserve_one-2"]
+    assert "reserve_one-3" not in [s.step for s in run.sent]
+    run.succeed(step="reserve_one-0")
+    run.succeed(step="reserve_one-2")
+    assert undone(run)[-1] == "pay"
+
+
+def test_for_each_over_no_items_succeeds_and_over_a_non_list_is_stuck() -> None:
+    run = SagaHarness(reserve()).start("stock", {"warehouses": []})
+    run.succeed()
+    assert run.status == "completed" and run.data["reserve"] == []
+    bad = SagaHarness(reserve()).start("stock", {"warehouses": "a"})
+    bad.succeed()
+    assert bad.status == "stuck" and bad.error is not None and bad.error.code == "payload_error"
