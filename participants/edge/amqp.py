@@ -14,8 +14,9 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 import msgspec
 from aio_pika.abc import (
     AbstractChannel,
@@ -289,7 +290,8 @@ class Broker:
     async def _publish(self, envelope: Envelope, headers: dict[str, Any] | None = None) -> None:
         # Straight to aiormq: an aio_pika.Message per publish costs more than
         # the rest of the publish; the robust channel still reconnects.
-        channel = await self.channel.get_underlay_channel()
+        # aiormq's abstract channel does not declare wait=; its channel does.
+        channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         extra: dict[str, Any] | None = headers or envelope.headers
         properties = Basic.Properties(
             content_type="application/json",
@@ -300,9 +302,16 @@ class Broker:
             message_type=envelope.kind,
             headers=extra,
         )
-        # A nack from the broker raises aiormq's DeliveryError.
+        # A nack from the broker raises aiormq's DeliveryError. wait=False:
+        # the confirm, awaited here, comes after the write anyway; waiting for
+        # the write as well holds the channel's lock until the frame is
+        # drained, which makes every publish on the channel a send of its own.
         await channel.basic_publish(
-            envelope.body, exchange=envelope.exchange, routing_key=envelope.routing_key, properties=properties
+            envelope.body,
+            exchange=envelope.exchange,
+            routing_key=envelope.routing_key,
+            properties=properties,
+            wait=False,
         )
 
     async def dead_letter(

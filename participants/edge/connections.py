@@ -61,8 +61,11 @@ async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobust
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
     try:
-        # Built by hand: connect_robust() would put the factory into the URL.
-        connection = aio_pika.RobustConnection(URL(url), transport_factory=Corked())
+        connection = aio_pika.RobustConnection(URL(url))
+        # aio-pika 10 keeps only the keyword arguments it knows by name and
+        # silently drops the rest, transport_factory among them; what is in
+        # kwargs reaches aiormq on the first connect and every reconnect.
+        connection.kwargs["transport_factory"] = Corked()
         await connection.connect(timeout=connect_timeout)
         return connection
     except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
