@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--waiting", type=int, metavar="N", help="measure scale instead: N sagas waiting, memory, timeouts fired"
     )
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="trip sagas instead: the parallel trip's latency beside the same bookings in line, and their ratio",
+    )
     # The ring's far end, a child process of `saga bench`.
     command(sub, "bench-responder", None, bench_responder)
 
@@ -48,8 +53,12 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.sagas < 1 or args.in_flight < 1 or args.repeat < 1 or not 0 <= args.failure_ratio <= 1:
         raise UsageError("--sagas, --in-flight and --repeat must be at least 1, --failure-ratio within 0..1")
     if args.waiting is not None:
+        if args.parallel:
+            raise UsageError("--waiting and --parallel measure different things: give one of them")
         return await _scale(args, settings)
-    options = Options(args.sagas, args.in_flight, args.failure_ratio, args.repeat, as_json=args.json)
+    options = Options(
+        args.sagas, args.in_flight, args.failure_ratio, args.repeat, as_json=args.json, parallel=args.parallel
+    )
     return await run_bench(settings, options)
 
 

@@ -5,6 +5,12 @@ as child processes, as in production. N order sagas run with K in flight,
 some failing by design; the same N and K then run through the baseline ring
 (orchestrator.tools.baseline). The two alternate `repeat` times and the report
 gives medians, so a noisy machine moves both sides alike.
+
+With `--parallel`, the flight, hotel and car participants run instead and
+the two sides are trip sagas: the shipped trip, which books all three at
+once, and `trip_in_line` (orchestrator.tools.bench_sagas), the same bookings
+one after the other. The report gives each one's latency and the ratio of
+their p50s.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ from statemachines.messages import SagaEvent, StartSaga, decode, encode
 
 PARTICIPANTS = ("inventory", "payment", "shipping")
 ORDER_STEPS = ("reserve_inventory", "charge_payment", "create_shipment")
+TRIP_PARTICIPANTS = ("flight", "hotel", "car")
+TRIP_STEPS = ("book_flight", "book_hotel", "rent_car")
+# Roomy destinations only: the bench must not sell one out.
+TRIP_DESTINATIONS = ("paris", "rome", "lisbon", "tokyo")
 
 
 def order_data(rng: random.Random, n: int, failure_ratio: float) -> dict[str, Any]:
@@ -45,6 +55,19 @@ def order_data(rng: random.Random, n: int, failure_ratio: float) -> dict[str, An
         "amount": rng.randint(100, 100_000),
         "fail_at": [rng.choice(ORDER_STEPS)] if rng.random() < failure_ratio else [],
     }
+
+
+def trip_data(rng: random.Random, n: int, failure_ratio: float) -> dict[str, Any]:
+    return {
+        "trip_id": f"bench-{n}",
+        "customer_id": f"customer-{rng.randint(1, 1000)}",
+        "destination": rng.choice(TRIP_DESTINATIONS),
+        "nights": rng.randint(1, 5),
+        "fail_at": [rng.choice(TRIP_STEPS)] if rng.random() < failure_ratio else [],
+    }
+
+
+DataMaker = Callable[[random.Random, int, float], dict[str, Any]]
 
 
 @dataclass
@@ -113,9 +136,16 @@ class Cpu:
 
 
 async def drive_sagas(
-    settings: Settings, count: int, in_flight: int, failure_ratio: float, seed: int, progress: Callable[[int], None]
+    settings: Settings,
+    count: int,
+    in_flight: int,
+    failure_ratio: float,
+    seed: int,
+    progress: Callable[[int], None],
+    saga_type: str = "order",
+    make_data: DataMaker = order_data,
 ) -> Run:
-    """Publish `count` order starts, `in_flight` at a time; a saga ends when its final event arrives."""
+    """Publish `count` starts of `saga_type`, `in_flight` at a time; a saga ends when its final event arrives."""
     names = settings.names
     rng = random.Random(seed)
     connection = await connect_amqp(settings.amqp_url)
@@ -125,7 +155,7 @@ async def drive_sagas(
         exchange = await listener.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True)
         events = await listener.declare_queue(exclusive=True, auto_delete=True)
         for status in ("completed", "compensated", "stuck"):
-            await events.bind(exchange, f"order.*.{status}")
+            await events.bind(exchange, f"{saga_type}.*.{status}")
         waiting: dict[str, asyncio.Future[str]] = {}
 
         async def on_event(message: AbstractIncomingMessage) -> None:
@@ -142,7 +172,7 @@ async def drive_sagas(
 
         async def one(n: int) -> None:
             saga_id = uuid.uuid4().hex
-            body = encode(StartSaga(saga_type="order", saga_id=saga_id, data=order_data(rng, n, failure_ratio)))
+            body = encode(StartSaga(saga_type=saga_type, saga_id=saga_id, data=make_data(rng, n, failure_ratio)))
             async with gate:
                 began = time.perf_counter()
                 waiting[saga_id] = loop.create_future()
@@ -177,10 +207,13 @@ class Options:
     repeat: int = 1
     seed: int = 1
     as_json: bool = False
+    parallel: bool = False
 
 
 async def run_bench(base: Settings, options: Options) -> int:
     settings = replace(base, namespace=f"{base.namespace}-bench-{uuid.uuid4().hex[:6]}")
+    if options.parallel:
+        return await run_parallel(settings, options)
     names = settings.names
     fleet = Fleet(settings)
     say = (lambda *a: print(*a, file=sys.stderr)) if options.as_json else print
@@ -321,3 +354,97 @@ def _human(report: dict[str, Any]) -> str:
         f"outcomes: {report['statuses']}",
     ]
     return "\n".join(lines)
+
+
+async def run_parallel(settings: Settings, options: Options) -> int:
+    """The shipped trip (bookings at once) beside `trip_in_line` (one after the other), alternating, in one run."""
+    names = settings.names
+    fleet = Fleet(settings)
+    say = (lambda *a: print(*a, file=sys.stderr)) if options.as_json else print
+    progress = Progress(not options.as_json)
+    try:
+        say(f"starting the orchestrator and {', '.join(TRIP_PARTICIPANTS)} ...")
+        fleet.orchestrator("orchestrator", "--sagas", "orchestrator.tools.bench_sagas")
+        for participant in TRIP_PARTICIPANTS:
+            fleet.participant(participant)
+        await fleet.ready(
+            [names.start_queue, names.reply_queue] + [names.participant_queue(p) for p in TRIP_PARTICIPANTS]
+        )
+        sides = (("parallel", "trip"), ("sequential", "trip_in_line"))
+        for _, saga_type in sides:
+            await drive_sagas(settings, 50, options.in_flight, 0.0, 0, lambda _: None, saga_type, trip_data)
+        runs: dict[str, list[Run]] = {side: [] for side, _ in sides}
+        for r in range(options.repeat):
+            for side, saga_type in sides:
+                runs[side].append(
+                    await drive_sagas(
+                        settings,
+                        options.sagas,
+                        options.in_flight,
+                        options.failure_ratio,
+                        options.seed + r,
+                        progress.begin(f"{side} {r + 1}", options.sagas),
+                        saga_type,
+                        trip_data,
+                    )
+                )
+        report = _parallel_report(options, runs)
+        say(_parallel_human(report))
+        if options.as_json:
+            print(json.dumps(report))
+        return 0
+    finally:
+        fleet.stop()
+        await drop(settings, TRIP_PARTICIPANTS)
+
+
+def _side(runs: list[Run], saga_type: str) -> dict[str, Any]:
+    def latency(q: float) -> float:
+        return round(_median([percentile(run.latencies, q) * 1000 for run in runs]), 2)
+
+    return {
+        "saga_type": saga_type,
+        "sagas_per_s": round(_median([run.per_second for run in runs]), 1),
+        "p50_ms": latency(50),
+        "p95_ms": latency(95),
+        "p99_ms": latency(99),
+        "statuses": dict(runs[-1].statuses),
+    }
+
+
+def _parallel_report(options: Options, runs: dict[str, list[Run]]) -> dict[str, Any]:
+    parallel = _side(runs["parallel"], "trip")
+    sequential = _side(runs["sequential"], "trip_in_line")
+    raw = {side: _median([percentile(run.latencies, 50) for run in found]) for side, found in runs.items()}
+    return {
+        "mode": "parallel",
+        "sagas": options.sagas,
+        "in_flight": options.in_flight,
+        "failure_ratio": options.failure_ratio,
+        "repeat": options.repeat,
+        "parallel": parallel,
+        "sequential": sequential,
+        # Below 1: the parallel trip ends sooner than the same bookings in line.
+        "p50_ratio": round(raw["parallel"] / raw["sequential"], 3) if raw["sequential"] else None,
+    }
+
+
+def _parallel_human(report: dict[str, Any]) -> str:
+    rows = [["", "saga type", "per second", "p50 ms", "p95 ms", "p99 ms"]]
+    for side in ("parallel", "sequential"):
+        found = report[side]
+        rows.append(
+            [side, found["saga_type"], f"{found['sagas_per_s']}", f"{found['p50_ms']}", f"{found['p95_ms']}",
+             f"{found['p99_ms']}"]
+        )  # fmt: skip
+    return "\n".join(
+        [
+            f"{report['sagas']} trip sagas per side, {report['in_flight']} in flight, {report['failure_ratio']:.0%} "
+            f"failing by design; medians of {report['repeat']} run(s)",
+            "",
+            table(rows),
+            "",
+            f"p50 ratio (parallel / sequential): {report['p50_ratio']}",
+            f"outcomes: parallel {report['parallel']['statuses']}, sequential {report['sequential']['statuses']}",
+        ]
+    )

@@ -1,6 +1,6 @@
 """`saga demo`: the whole system on this machine, some sagas failing by design.
 
-It starts the orchestrator and the six example participants as child
+It starts the orchestrator and the example participants as child
 processes, runs a mix of order and trip sagas through them, shows progress,
 prints what happened and how long each step took, and stops its children.
 """

@@ -20,7 +20,7 @@ import aio_pika
 
 from participants.edge.settings import Settings
 
-EXAMPLES = ("inventory", "payment", "shipping", "flight", "hotel", "car")
+EXAMPLES = ("inventory", "payment", "backup_payment", "fraud", "shipping", "flight", "hotel", "car")
 
 
 class Fleet:

@@ -80,6 +80,14 @@ def _text(value: bytes | str) -> str:
 
 
 def refuse_if_asked(ctx: Context) -> None:
-    """Fail when the saga data lists this step in `fail_at`, so every path can be driven by hand."""
-    if ctx.command.step in ctx.payload.get("fail_at", ()):
+    """Fail when the saga data lists this step in `fail_at`, so every path can be driven by hand.
+
+    `<step>` refuses for good (`asked_to_fail`); `<step>:unavailable` fails
+    with the retriable `unavailable`, as a participant that is down would,
+    so that retries, fallbacks and circuit breakers can be driven too.
+    """
+    fail_at = ctx.payload.get("fail_at", ())
+    if ctx.command.step in fail_at:
         raise Failure("asked_to_fail", f"fail_at lists {ctx.command.step!r}")
+    if f"{ctx.command.step}:unavailable" in fail_at:
+        raise Failure("unavailable", f"fail_at lists {ctx.command.step + ':unavailable'!r}")

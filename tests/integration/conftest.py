@@ -133,9 +133,9 @@ async def remove_namespace(settings: Settings, participants: set[str]) -> None:
 
 
 def example_workers() -> list[Worker]:
-    from participants.examples import car, flight, hotel, inventory, payment, shipping
+    from participants.examples import backup_payment, car, flight, fraud, hotel, inventory, payment, shipping
 
-    return [m.worker for m in (inventory, payment, shipping, flight, hotel, car)]
+    return [m.worker for m in (inventory, payment, backup_payment, fraud, shipping, flight, hotel, car)]
 
 
 # Quick timers, so tests about timeouts and sweeps do not wait long.

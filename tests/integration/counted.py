@@ -1,7 +1,7 @@
 """The example participants with a counter around each handler, for the fault tests.
 
 Run as `saga participant tests.integration.counted:inventory` (and payment,
-shipping, flight, hotel, car). The handlers are the examples' own, unchanged;
+backup_payment, fraud, shipping, flight, hotel, car). The handlers are the examples' own, unchanged;
 the wrapper only counts, in the participant's namespace in Redis:
 
 - `<ns>:participant:<name>:test:calls`, a field `<command>|<saga step>|<uuid>`
@@ -23,8 +23,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from participants.examples import backup_payment as _backup_payment
 from participants.examples import car as _car
 from participants.examples import flight as _flight
+from participants.examples import fraud as _fraud
 from participants.examples import hotel as _hotel
 from participants.examples import inventory as _inventory
 from participants.examples import payment as _payment
@@ -82,6 +84,8 @@ def counted(worker: Worker) -> Worker:
 # `saga participant tests.integration.counted:<name>`
 inventory = counted(_inventory.worker)
 payment = counted(_payment.worker)
+backup_payment = counted(_backup_payment.worker)
+fraud = counted(_fraud.worker)
 shipping = counted(_shipping.worker)
 flight = counted(_flight.worker)
 hotel = counted(_hotel.worker)

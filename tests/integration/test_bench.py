@@ -57,3 +57,29 @@ async def test_bench_waiting_fires_every_parked_timeout(settings: Settings, redi
     assert report["sagas_per_s_while_waiting"] > 0  # type: ignore[operator]
     assert report["seconds_to_fire_all_timeouts"] > 0  # type: ignore[operator]
     assert await _leftovers(redis, settings) == []
+
+
+async def test_bench_parallel_puts_the_parallel_trip_beside_the_trip_in_line(settings: Settings, redis: Redis) -> None:
+    report, stderr = bench(settings, "--parallel", "--sagas", "30", "--in-flight", "6", "--failure-ratio", "0.3")
+
+    assert report["mode"] == "parallel" and report["sagas"] == 30
+    sides = (report["parallel"], report["sequential"])
+    assert [side["saga_type"] for side in sides] == ["trip", "trip_in_line"]  # type: ignore[index]
+    for side in sides:
+        assert isinstance(side, dict) and 0 < side["p50_ms"] <= side["p95_ms"] <= side["p99_ms"]
+        assert side["sagas_per_s"] > 0 and sum(side["statuses"].values()) == 30
+        # Both sides ran the same seeded workload: some trips fail by design and compensate.
+        assert side["statuses"].get("completed", 0) > 0 and side["statuses"].get("compensated", 0) > 0
+    parallel, sequential = sides
+    assert isinstance(parallel, dict) and isinstance(sequential, dict)
+    # The ratio is of the p50s before rounding; no claim on which side is faster.
+    assert report["p50_ratio"] == pytest.approx(parallel["p50_ms"] / sequential["p50_ms"], rel=0.02)
+    assert "p50 ratio (parallel / sequential)" in stderr
+    assert await _leftovers(redis, settings) == []
+
+
+def test_bench_refuses_two_modes_at_once(settings: Settings) -> None:
+    done = subprocess.run(
+        saga_command("bench", "--parallel", "--waiting", "10"), env=saga_env(settings), capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "give one of them" in done.stderr and "Traceback" not in done.stderr

@@ -22,6 +22,8 @@ from tests.integration.conftest import example_workers, remove_namespace, saga_c
 EXAMPLES = [
     Target("inventory", "reserve_stock", "release_stock", {"order_id": "o-1", "items": [{"sku": "sku-1", "qty": 1}]}),
     Target("payment", "charge", "refund", {"customer_id": "c-1", "amount": 100}),
+    Target("backup_payment", "charge", "refund", {"customer_id": "c-1", "amount": 100}),
+    Target("fraud", "check_fraud", None, {"customer_id": "c-1", "amount": 100}),
     Target("shipping", "create_shipment", None, {"items": [{"sku": "sku-1", "qty": 1}]}),
     Target("flight", "book_flight", "cancel_flight", {"destination": "paris"}),
     Target("hotel", "book_hotel", "cancel_hotel", {"destination": "paris", "nights": 2}),
