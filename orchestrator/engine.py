@@ -111,6 +111,7 @@ class Engine:
                 guessed = False
                 if attempted is not None and inst is not None and inst == attempted[0].instance:
                     # A write we saw fail (a retried connection) had landed after all.
+                    await self.store.replicated(saga_id)
                     return await self._committed(*attempted)
                 if inst is None and saga is None:
                     if not trusted:
@@ -123,6 +124,8 @@ class Engine:
                     if not trusted:
                         continue  # "nothing to do" is only believed of what Redis says
                     await self.store.record(saga_id, decision.history)
+                    # What Redis says must be on the replicas too before the event is acked (SAGA_REDIS_REPLICAS).
+                    await self.store.replicated(saga_id)
                     observe.unchanged(event, decision)
                     self.stats["unchanged"] += 1
                     return decision
@@ -130,6 +133,8 @@ class Engine:
                 assert new is not None
                 envelopes = self.envelopes(definition, decision)
                 outbox = pack(envelopes) if envelopes else None
+                # With SAGA_REDIS_REPLICAS the write waits for the replicas: NotReplicated (an outage, to
+                # the consumer) retries the event in place, and leaves the outbox to the sweep.
                 if decision.keeps_outbox:
                     assert inst is not None
                     written = await self.store.annotate(inst.rev, new, decision.history)
@@ -243,6 +248,7 @@ class Engine:
         count = 0
         for saga_id, rev, raw in await self.store.pending_outboxes(self.clock(), grace, 1000, buckets, owner):
             async with self._locks.hold(saga_id):
+                await self.store.replicated(saga_id)
                 await self.broker.publish(unpack(raw))
                 await self.store.clear_outboxes([(saga_id, rev)])
             count += 1

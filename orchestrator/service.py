@@ -64,7 +64,8 @@ class Orchestrator:
     async def start(self) -> None:
         names = self.names
         redis = await connect_redis(self.settings.redis_url)
-        store = RedisStore(redis, names, self.settings.retention_seconds)
+        settings = self.settings
+        store = RedisStore(redis, names, settings.retention_seconds, settings.redis_replicas, settings.redis_wait_ms)
         try:
             await store.connect()
             await store.check_layout()

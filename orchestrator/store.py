@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from participants.edge.batching import batcher
 from participants.edge.scripts import Scripts
@@ -44,15 +45,28 @@ def ms(seconds: float) -> int:
 EVERY_BUCKET = range(BUCKETS)
 
 
+class NotReplicated(RedisTimeoutError):
+    """Fewer replicas than asked acknowledged a commit in time: waited out like an outage, nothing published."""
+
+
 class LayoutMismatch(Exception):
     """The namespace's keys were written with another bucket count; the message is one sentence."""
 
 
 class RedisStore:
-    def __init__(self, redis: Redis, names: Names, retention_seconds: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        names: Names,
+        retention_seconds: int = 7 * 24 * 3600,
+        replicas: int = 0,
+        wait_ms: int = 1000,
+    ) -> None:
         self.redis = redis
         self.names = names
         self.retention = retention_seconds
+        self.replicas = replicas
+        self.wait_ms = wait_ms
         self.scripts = Scripts(Path(__file__).parent / "lua")
 
     async def connect(self) -> None:
@@ -98,7 +112,40 @@ class RedisStore:
             outbox or b"", retention, HISTORY_CAP, saga_id, "" if wake is None else ms(wake),
             ms(inst.updated_at), *(_json.encode(h) for h in history),
         ]  # fmt: skip
-        return bool(await self.scripts.call(self.redis, "commit", keys, args))
+        return await self._write("commit", inst.saga_id, keys, args)
+
+    async def _write(self, script: str, saga_id: str, keys: Sequence[str], args: Sequence[object]) -> bool:
+        """Run a script that writes a saga; with `replicas`, WAIT right after it on the same connection."""
+        if not self.replicas:
+            return bool(await self.scripts.call(self.redis, script, keys, args))
+        wait = ("WAIT", self.replicas, self.wait_ms)
+        written, acked = await self.scripts.call_then(self.redis, script, keys, args, wait)
+        if written and int(acked) < self.replicas:
+            raise NotReplicated(
+                f"saga {saga_id}: {acked} of {self.replicas} replicas acknowledged within {self.wait_ms} ms"
+            )
+        return bool(written)
+
+    async def replicated(self, saga_id: str) -> None:
+        """Return once `replicas` replicas have every write in the saga's slot so far; NotReplicated if not in time.
+
+        WAIT counts the writes of its own connection, so a small write in the
+        slot goes first, on the same connection: replication is one ordered
+        stream per master, so once a replica has that write, it has every
+        write before it there, this process's or another's.
+        """
+        if not self.replicas:
+            return
+        sync = self.names.sync_key(self.names.bucket(saga_id))
+        _, acked = await batcher(self.redis).execute_many(
+            ("SET", sync, "1", "PX", "60000"), ("WAIT", self.replicas, self.wait_ms)
+        )
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < self.replicas:
+            raise NotReplicated(
+                f"saga {saga_id}: {acked} of {self.replicas} replicas acknowledged within {self.wait_ms} ms"
+            )
 
     async def annotate(self, expected_rev: int, inst: SagaInstance, history: Sequence[HistoryEntry]) -> bool:
         """Write `inst` and its history over `expected_rev`, leaving its outbox and deadline alone.
@@ -108,7 +155,7 @@ class RedisStore:
         keys = (self.names.saga_key(inst.saga_id), self.names.history_key(inst.saga_id))
         args = [expected_rev, inst.rev, _json.encode(inst), inst.updated_at, HISTORY_CAP]
         args += [_json.encode(h) for h in history]
-        return bool(await self.scripts.call(self.redis, "annotate", keys, args))
+        return await self._write("annotate", inst.saga_id, keys, args)
 
     async def reject(self, refusal: SagaEvent) -> None:
         """Keep a refused start's event for the retention period, for `saga show` (it never becomes a saga)."""

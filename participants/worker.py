@@ -43,9 +43,11 @@ from typing import Any
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from participants.edge import observe
 from participants.edge.amqp import Broker, Envelope
+from participants.edge.batching import batcher
 from participants.edge.clip import clip
 from participants.edge.connections import connect_redis
 from participants.edge.process import serve
@@ -134,6 +136,7 @@ class Worker:
         self.redis: Redis | None = None
         self.broker: Broker | None = None
         self.names = Names()
+        self.replicas, self.wait_ms = 0, 1000
         self._scripts = Scripts(Path(__file__).parent / "lua")
         self._stopping = asyncio.Event()
         # Called once connected, before consuming: seed state, open pools.
@@ -152,6 +155,7 @@ class Worker:
 
     async def start(self, settings: Settings) -> None:
         self.names = names = settings.names
+        self.replicas, self.wait_ms = settings.redis_replicas, settings.redis_wait_ms
         self.redis = await connect_redis(settings.redis_url)
         await self._scripts.load(self.redis)
         try:
@@ -298,7 +302,13 @@ class Worker:
         )
 
     async def _send(self, command: Command, body: bytes) -> None:
-        assert self.broker is not None
+        assert self.broker is not None and self.redis is not None
+        if self.replicas:
+            # SAGA_REDIS_REPLICAS: what the step did (its record, and the books its handler kept through
+            # this client's scripts) is on the replicas before the reply says it was done.
+            acked = await batcher(self.redis).wait_replicas(self.replicas, self.wait_ms)
+            if acked < self.replicas:  # an outage to the consumer: this delivery is retried in place
+                raise RedisTimeoutError(f"{acked} of {self.replicas} replicas acknowledged within {self.wait_ms} ms")
         message_id = f"{command.message_id}/{self.name}"
         headers = observe.reply_headers()
         await self.broker.publish(

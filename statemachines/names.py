@@ -203,6 +203,10 @@ class Names:
         """Which orchestrator sweeps the bucket's deadlines and outboxes, while its lease lasts."""
         return f"{self.namespace}:lease:{self.tag(bucket)}"
 
+    def sync_key(self, bucket: int) -> str:
+        """Written just before a WAIT, so that the WAIT covers every earlier write in the bucket's slot."""
+        return f"{self.namespace}:sync:{self.tag(bucket)}"
+
     @property
     def members_key(self) -> str:
         """The live orchestrators, by their last heartbeat (ms): who shares the buckets."""
@@ -230,3 +234,7 @@ class Names:
     def participant_key(self, participant: str, *parts: str) -> str:
         """A key of a participant's own, e.g. its record of one saga's step."""
         return ":".join((self.namespace, "participant", participant, *parts))
+
+    def book_key(self, participant: str, book: str, *parts: str) -> str:
+        """A key of one of a participant's books; all of one book's keys share a hash tag (a cluster slot)."""
+        return self.participant_key(participant, f"{{{self.namespace}:{participant}:{book}}}", *parts)

@@ -112,7 +112,10 @@ async def store(settings: Settings) -> AsyncIterator[RedisStore]:
     from orchestrator.store import RedisStore
     from participants.edge.connections import connect_redis
 
-    opened = RedisStore(await connect_redis(settings.redis_url), settings.names)
+    redis = await connect_redis(settings.redis_url)
+    opened = RedisStore(
+        redis, settings.names, settings.retention_seconds, settings.redis_replicas, settings.redis_wait_ms
+    )
     try:
         yield opened
     finally:

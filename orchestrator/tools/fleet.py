@@ -36,6 +36,8 @@ class Fleet:
             "SAGA_AMQP_URL": self.settings.amqp_url,
             "SAGA_REDIS_URL": self.settings.redis_url,
             "SAGA_NAMESPACE": self.settings.namespace,
+            "SAGA_REDIS_REPLICAS": str(self.settings.redis_replicas),
+            "SAGA_REDIS_WAIT_MS": str(self.settings.redis_wait_ms),
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry  # the asyncio client awaits its retries; redis.retry's would not
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
+from participants.edge.batching import FAILING_OVER, FAILOVER_PATIENCE
 from participants.edge.corking import Corked
 
 
@@ -76,7 +80,13 @@ async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobust
 
 
 async def connect_redis(url: str, connect_timeout: float = 5.0) -> Redis:
-    """A client that retries on a lost connection (a killed client, a restart)."""
+    """A client that retries on a lost connection (a killed client, a restart).
+
+    A URL naming any node of a Redis Cluster gives a cluster client
+    (`RedisCluster`: each command to its slot's master, MOVED followed, a
+    failover waited out); it takes the commands of `Redis` that the store,
+    the workers and the tools use, all of them on keys of one slot each.
+    """
     # A burst waits for a free connection rather than failing for want of one.
     pool = BlockingConnectionPool.from_url(
         url,
@@ -90,8 +100,53 @@ async def connect_redis(url: str, connect_timeout: float = 5.0) -> Redis:
     )
     client = Redis(connection_pool=pool)
     try:
-        await client.ping()
+        info = await client.info("cluster")
     except Exception as exc:
         await client.aclose()
         raise Unreachable.redis(url, _reason(exc)) from None
-    return client
+    if not info.get("cluster_enabled"):
+        return client
+    await client.aclose()
+    return cast(Redis, await connect_cluster(url, connect_timeout))
+
+
+class PatientCluster(RedisCluster):
+    """A cluster client that waits out a failover, as the standalone client waits out a restart.
+
+    redis-py's own retries re-read the topology but do not wait between
+    tries, so they are spent in milliseconds, long before a replica is
+    promoted (a few node timeouts). Here a command retries, re-reading the
+    topology with a backoff, for up to `FAILOVER_PATIENCE` seconds.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FAILOVER_PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except (*FAILING_OVER, RuntimeError) as exc:
+                # uvloop's RuntimeError: a connection closed under the command as the topology was re-read.
+                if loop.time() > deadline or (isinstance(exc, RuntimeError) and "closed" not in str(exc)):
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            self._initialize = True  # the next try re-reads the topology first
+
+
+async def connect_cluster(url: str, connect_timeout: float = 5.0) -> RedisCluster:
+    """A Redis Cluster client from the URL of any of its nodes."""
+    cluster = PatientCluster.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_keepalive=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+    )
+    try:
+        await cluster.initialize()
+        await cluster.ping()
+    except Exception as exc:
+        await cluster.aclose()
+        raise Unreachable.redis(url, _reason(exc)) from None
+    return cluster

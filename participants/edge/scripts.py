@@ -28,6 +28,24 @@ class Scripts:
         for name, source in self.source.items():
             self.sha[name] = await redis.script_load(source)
 
+    async def call_then(
+        self, redis: Redis, script: str, keys: Sequence[str], args: Sequence[Any], then: tuple[Any, ...]
+    ) -> tuple[Any, Any]:
+        """The script, and `then` (a WAIT) right after it on the same connection: (its result, then's)."""
+        if script not in self.sha:
+            await self.load(redis)
+        batch = batcher(redis)
+        for attempt in range(2):
+            result, after = await batch.execute_many(("EVALSHA", self.sha[script], len(keys), *keys, *args), then)
+            if isinstance(result, NoScriptError) and attempt == 0:
+                await self.load(redis)
+                continue
+            for value in (result, after):
+                if isinstance(value, Exception):
+                    raise value
+            return result, after
+        raise AssertionError("unreachable")
+
     async def call(self, redis: Redis, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if script not in self.sha:
             # Not loaded by this process yet (e.g. a refund is the first thing a

@@ -25,6 +25,10 @@ class Settings:
     max_message_bytes: int = MiB
     # How long completed and compensated sagas stay readable.
     retention_seconds: int = 7 * 24 * 3600
+    # A transition counts as committed (its commands are published, its message acked) only once
+    # this many replicas have it (Redis WAIT), waiting at most redis_wait_ms each time; 0: at once.
+    redis_replicas: int = 0
+    redis_wait_ms: int = 1000
 
     @property
     def names(self) -> Names:
@@ -39,7 +43,8 @@ class Settings:
     ) -> Settings:
         """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults.
 
-        `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits.
+        `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits;
+        `SAGA_REDIS_REPLICAS` and `SAGA_REDIS_WAIT_MS` how a commit waits for replicas.
         """
         namespace = namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE
         # It prefixes every queue and key: bounded, like every name that becomes one.
@@ -52,6 +57,8 @@ class Settings:
             namespace=namespace,
             max_message_bytes=_positive("SAGA_MAX_MESSAGE_BYTES", MiB),
             retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
+            redis_replicas=_positive("SAGA_REDIS_REPLICAS", 0, least=0),
+            redis_wait_ms=_positive("SAGA_REDIS_WAIT_MS", 1000),
         )
 
 
@@ -59,14 +66,15 @@ class BadSetting(ValueError):
     """An environment variable that does not hold what it should."""
 
 
-def _positive(name: str, default: int) -> int:
+def _positive(name: str, default: int, least: int = 1) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise BadSetting(f"{name} must be a positive whole number, got {raw!r}")
+        value = least - 1
+    if value < least:
+        what = "a positive whole number" if least == 1 else f"a whole number of at least {least}"
+        raise BadSetting(f"{name} must be {what}, got {raw!r}")
     return value

@@ -29,8 +29,8 @@ class Stock:
         self.name = name
 
     def keys(self, names: Names) -> tuple[str, str, str]:
-        """The stock levels, what was taken, and what was given back."""
-        key = names.participant_key
+        """The stock levels, what was taken, and what was given back: one slot, for the scripts' sake."""
+        key = names.book_key
         return (
             key(self.participant, self.name),
             key(self.participant, self.name, "taken"),

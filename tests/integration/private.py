@@ -304,7 +304,16 @@ async def redis_cluster(tmp_path: Path, masters: int = 3, replicas: int = 1) -> 
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the Redis Cluster did not reach cluster_state:ok")
-        yield RedisCluster(servers)
+        made = RedisCluster(servers)
+        # Until each master's replicas have synced, a WAIT for them would time out.
+        for _ in range(300):
+            infos = [await master.cli("INFO", "replication") for master in await made.masters()]
+            if len(infos) == masters and all(i.count("state=online") == replicas for i in infos):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the Redis Cluster's replicas did not sync")
+        yield made
     finally:
         await asyncio.gather(*(server.stop() for server in servers))
         shutil.rmtree(root, ignore_errors=True)

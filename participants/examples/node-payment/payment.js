@@ -16,7 +16,9 @@ export function payment(options) {
   // The books are the Python example's, kept with its scripts (participants/examples/lua).
   const scripts = { take: new URL('../lua/take.lua', import.meta.url), give_back: new URL('../lua/give_back.lua', import.meta.url) };
   const participant = new Participant({ name: 'payment', handlers: { charge, refund }, scripts, ...options });
-  const books = () => ['credit', 'credit:taken', 'credit:returned'].map((part) => participant.key(part));
+  // One hash tag for the three keys, so that the scripts run on Redis Cluster too (statemachines/names.py, book_key).
+  const book = () => `{${participant.ns}:payment:credit}`;
+  const books = () => ['', ':taken', ':returned'].map((part) => participant.key(book() + part));
 
   async function charge(ctx) {
     refuseIfAsked(ctx);
