@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry  # the asyncio client awaits its retries; redis.retry's would not
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -120,19 +121,44 @@ class PatientCluster(RedisCluster):
     """
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FAILOVER_PATIENCE
-        delay = 0.05
-        while True:
-            try:
-                return await super().execute_command(*args, **kwargs)
-            except (*FAILING_OVER, RuntimeError) as exc:
-                # uvloop's RuntimeError: a connection closed under the command as the topology was re-read.
-                if loop.time() > deadline or (isinstance(exc, RuntimeError) and "closed" not in str(exc)):
-                    raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-            self._initialize = True  # the next try re-reads the topology first
+        return await _patiently(self, lambda: super(PatientCluster, self).execute_command(*args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        return _PatientPipeline(self, transaction)  # type: ignore[abstract]  # redis-py declares, never sets, it
+
+
+class _PatientPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        strategy: Any = self._execution_strategy
+        queued = [(c.args, c.kwargs) for c in strategy._command_queue]
+
+        async def once() -> list[Any]:
+            # A failed execute empties the pipeline: each try queues the commands anew.
+            strategy._command_queue = [PipelineCommand(n, *a, **k) for n, (a, k) in enumerate(queued)]
+            return await super(_PatientPipeline, self).execute(raise_on_error, allow_redirections)
+
+        return cast(list[Any], await _patiently(self.cluster_client, once))
+
+
+# redis-py re-reads the topology while other commands use the connections it
+# replaces, so during a failover a command can also meet a connection closed
+# under it (uvloop's RuntimeError, or a None writer); it was not sent, and is tried again.
+_CLOSED_UNDER = (RuntimeError, AttributeError)
+
+
+async def _patiently(cluster: RedisCluster, attempt: Callable[[], Awaitable[Any]]) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FAILOVER_PATIENCE
+    delay = 0.05
+    while True:
+        try:
+            return await attempt()
+        except (*FAILING_OVER, *_CLOSED_UNDER):
+            if loop.time() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+        cluster._initialize = True  # the next try re-reads the topology first
 
 
 async def connect_cluster(url: str, connect_timeout: float = 5.0) -> RedisCluster:
