@@ -5,6 +5,12 @@ the event a start, a reply, a due deadline or an operator's command; the
 service, the CLI and the timer loop all call it. A crash between any two of
 its steps loses nothing: the commit is atomic, the outbox is re-published by
 `sweep`, and replies are redelivered until acked.
+
+A saga whose steps are guarded by circuit breakers (`orchestrator.breakers`)
+costs one more round trip before deciding: which of its breakers are open.
+A decision that would send a command through a half-open breaker claims its
+one trial first, and decides again with the breaker open if another saga
+has it. After the commit, the decision's breaker results are counted.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 
+from orchestrator.breakers import Breakers, Seen
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
 from participants.edge import observe
 from participants.edge.amqp import Broker, Envelope, pack, unpack
 from statemachines.decide import Decision, Due, Event, Start, decide
-from statemachines.dsl import Saga
+from statemachines.dsl import CircuitBreaker, Saga, breaker_key, breaker_of
 from statemachines.instance import SagaInstance
 from statemachines.messages import TERMINAL, Reply, encode
 from statemachines.names import BUCKETS, Names
@@ -91,6 +98,74 @@ class Engine:
         self._confirmed: list[tuple[str, int]] = []
         self._confirmed_ready = asyncio.Event()
         self._written: OrderedDict[str, SagaInstance] = OrderedDict()
+        self.breakers = Breakers(store, broker, clock)
+        self._policies: dict[tuple[str, int], dict[str, CircuitBreaker]] = {}
+        self._guards: dict[tuple[str, int, str], str | None] = {}
+
+    def policies(self, saga: Saga) -> dict[str, CircuitBreaker]:
+        """Every breaker the saga's steps are guarded by, by key (empty for most sagas)."""
+        found = self._policies.get((saga.name, saga.version))
+        if found is None:
+            found = {}
+            for name in saga.all_steps:
+                key = breaker_key(saga, name)
+                policy = breaker_of(saga, key) if key is not None else None
+                if key is not None and policy is not None:
+                    found[key] = policy
+            self._policies[(saga.name, saga.version)] = found
+        return found
+
+    def _guard(self, saga: Saga, step: str) -> str | None:
+        """The breaker a command for `step` (a ForEach item's too) goes through, if any."""
+        cached = (saga.name, saga.version, step)
+        if cached not in self._guards:
+            try:
+                self._guards[cached] = breaker_key(saga, saga.step(step).name)
+            except KeyError:
+                self._guards[cached] = None
+        return self._guards[cached]
+
+    async def _decide(
+        self,
+        saga_id: str,
+        saga: Saga,
+        inst: SagaInstance | None,
+        event: Event,
+        policies: dict[str, CircuitBreaker],
+        seen: Seen,
+    ) -> Decision:
+        """decide() with the open breakers; a command through a half-open one first claims its trial."""
+        now = self.clock()
+        closed_to = seen.open
+        granted: set[str] = set()
+        for _ in range(len(policies) + 1):
+            decision = decide(saga, inst, event, now, closed_to)
+            trials = {
+                key
+                for command in decision.commands
+                if command.action == "do"
+                and (key := self._guard(saga, command.step)) in seen.may_try
+                and key not in granted
+            }
+            if not trials:
+                return decision
+            for key in sorted(trials):
+                if await self.breakers.claim(key, policies[key], saga_id):
+                    granted.add(key)
+                else:
+                    closed_to = closed_to | {key}
+            if granted >= trials:
+                return decision
+        return decide(saga, inst, event, now, closed_to)
+
+    async def _count(self, decision: Decision, policies: dict[str, CircuitBreaker]) -> None:
+        """Count the decision's breaker results; a breaker that misses one is only logged."""
+        if not decision.breaker_results or decision.instance is None:
+            return
+        try:
+            await self.breakers.record(decision.breaker_results, policies, decision.instance.saga_id)
+        except Exception as exc:
+            log.warning("saga %s: counting its breaker results failed: %r", decision.instance.saga_id, exc)
 
     def definition(self, inst: SagaInstance) -> Saga:
         return self.registry.get(inst.saga_type, inst.definition_version)
@@ -112,14 +187,21 @@ class Engine:
                 if attempted is not None and inst is not None and inst == attempted[0].instance:
                     # A write we saw fail (a retried connection) had landed after all.
                     await self.store.replicated(saga_id)
-                    return await self._committed(*attempted)
+                    landed = await self._committed(*attempted)
+                    await self._count(landed, self.policies(self.definition(inst)))
+                    return landed
                 if inst is None and saga is None:
                     if not trusted:
                         continue
                     return Decision(None, note=f"unknown saga {saga_id!r}")
                 definition = self.definition(inst) if inst is not None else saga
                 assert definition is not None
-                decision = decide(definition, inst, event, self.clock())
+                policies = self.policies(definition)
+                if policies and (inst is None or inst.status not in TERMINAL):
+                    seen = await self.breakers.check(policies, saga_id)
+                    decision = await self._decide(saga_id, definition, inst, event, policies, seen)
+                else:
+                    decision = decide(definition, inst, event, self.clock())
                 if not decision.changed:
                     if not trusted:
                         continue  # "nothing to do" is only believed of what Redis says
@@ -142,7 +224,9 @@ class Engine:
                     written = await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox)
                 if written:
                     observe.committed(inst, event, decision)
-                    return await self._committed(decision, envelopes)
+                    await self._committed(decision, envelopes)
+                    await self._count(decision, policies)
+                    return decision
                 attempted = (decision, envelopes)
                 self.stats["conflicts"] += 1
             raise RuntimeError(f"saga {saga_id}: gave up after {CONFLICT_RETRIES} write conflicts")

@@ -9,7 +9,9 @@ nothing. Refused (it does not decode, its reply_to is not allowed, the saga
 is unknown, has ended, or does not wait for it), it is answered at once,
 written into the saga's history when the saga exists, and dead-lettered
 with its reason, so that an operator can replay it
-(`saga dead-letters replay`) once the saga waits for it.
+(`saga dead-letters replay`) once the saga waits for it. A reply_to whose
+queue is gone (its sender left: a replayed signal) is not answered, and the
+signal is applied all the same.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from orchestrator.engine import Engine
 from orchestrator.refusals import About, Refusals, about
+from orchestrator.registry import UnknownSaga
 from participants.edge.amqp import Envelope
-from statemachines.messages import TERMINAL, MalformedMessage, SignalResult, SignalSaga, decode, encode
+from statemachines.decide import Signal
+from statemachines.messages import MalformedMessage, SignalResult, SignalSaga, decode, encode
 from statemachines.names import reply_to_problem
 
 
@@ -41,22 +45,32 @@ class Signals:
             raise await self.refusals.signal(sender, "invalid_signal", str(exc)) from None
         sender = About(saga_id=signal.saga_id, name=signal.name, signal_id=signal.signal_id)
         if signal.reply_to is not None:
-            if not await self.refusals.may_answer(signal.reply_to):
+            names = self.engine.names
+            state = "named" if names.named_reply_queue(signal.reply_to) else None
+            state = state or await self.engine.broker.queue_state(signal.reply_to)
+            if state == "missing":
+                # Its sender has gone (a replayed signal): apply it all the same, answer nobody.
+                signal.reply_to = None
+            elif state == "shared":
                 why = (
                     f"reply_to {signal.reply_to!r} is neither an exclusive queue of a live connection "
-                    f"nor a queue named {self.engine.names.reply_prefix}<name>"
+                    f"nor a queue named {names.reply_prefix}<name>"
                 )
                 raise await self.refusals.signal(sender, "reply_to_not_allowed", why)
             sender.reply_to = signal.reply_to
-        inst = await self.engine.store.load(signal.saga_id)
-        if inst is None:
+        event = Signal(name=signal.name, signal_id=signal.signal_id, data=signal.data)
+        try:
+            decision = await self.engine.apply(signal.saga_id, event)
+        except UnknownSaga as exc:
+            raise await self.refusals.signal(sender, "unknown_saga", str(exc)) from None
+        if decision.instance is None:
             why = f"no saga {signal.saga_id!r} (never started, or expired)"
             raise await self.refusals.signal(sender, "unknown_saga", why)
-        if inst.status in TERMINAL:
-            raise await self.refusals.signal(sender, "finished", f"the saga is {inst.status}")
-        # No saga construct waits for a signal yet: every one is for a name its type does not declare.
-        why = f"saga type {inst.saga_type!r} waits for no signal {signal.name!r}"
-        raise await self.refusals.signal(sender, "unknown_signal", why)
+        if decision.signal_refusal is not None:
+            raise await self.refusals.signal(
+                sender, decision.signal_refusal, decision.note, recorded=bool(decision.history)
+            )
+        await self.accepted(signal, duplicate=not decision.changed)
 
     async def accepted(self, signal: SignalSaga, duplicate: bool) -> None:
         """Tell the sender its signal was taken (or had been, under its signal_id)."""

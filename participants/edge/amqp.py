@@ -14,7 +14,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import aiormq
 import msgspec
@@ -340,17 +340,21 @@ class Broker:
 
     async def exclusive_elsewhere(self, queue: str) -> bool:
         """Whether `queue` exists as an exclusive queue of another connection (the broker refuses us access)."""
+        return await self.queue_state(queue) == "exclusive"
+
+    async def queue_state(self, queue: str) -> Literal["exclusive", "missing", "shared"]:
+        """`exclusive`: another connection's exclusive queue; `missing`: no such queue; `shared`: any other."""
         channel = await self.connection.channel(publisher_confirms=False)
         try:
             await channel.declare_queue(queue, passive=True)
         except ChannelLockedResource:
-            return True
+            return "exclusive"
         except ChannelNotFoundEntity:
-            return False
+            return "missing"
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
-        return False
+        return "shared"
 
     async def close(self) -> None:
         await self.stop_consuming(drain_timeout=0)

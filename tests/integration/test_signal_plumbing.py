@@ -59,7 +59,7 @@ async def test_a_signal_no_saga_waits_for_is_refused_into_the_sagas_history(stac
         counters = await store.counters()
     finally:
         await store.redis.aclose()
-    assert len(entries) == 1 and "'bank_confirmed' (sig-1) refused: finished" in entries[0].detail
+    assert len(entries) == 1 and "'bank_confirmed' (sig-1)" in entries[0].detail and "completed" in entries[0].detail
     assert counters["refused_signals"] == 1
     shown = await cli(stack.settings, "show", ended.saga_id)
     assert "refused_signal" in shown.stdout
