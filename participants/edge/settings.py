@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from statemachines.names import DEFAULT_NAMESPACE, Names, name_problem
 
@@ -52,8 +53,10 @@ class Settings:
         if problem is not None:
             raise BadSetting(f"{problem} (--namespace or SAGA_NAMESPACE)")
         return cls(
-            amqp_url=amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL,
-            redis_url=redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL,
+            amqp_url=_url(amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL, "--amqp-url or SAGA_AMQP_URL"),
+            redis_url=_url(
+                redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL, "--redis-url or SAGA_REDIS_URL"
+            ),
             namespace=namespace,
             max_message_bytes=_positive("SAGA_MAX_MESSAGE_BYTES", MiB),
             retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
@@ -78,3 +81,16 @@ def _positive(name: str, default: int, least: int = 1) -> int:
         what = "a positive whole number" if least == 1 else f"a whole number of at least {least}"
         raise BadSetting(f"{name} must be {what}, got {raw!r}")
     return value
+
+
+def _url(url: str, where: str) -> str:
+    """The URL, or one sentence on what is wrong with it (the parsers would raise a bare ValueError later)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it is the check: a port that is not a number raises
+    except ValueError:
+        # Not the URL itself: it may hold a password.
+        raise BadSetting(f"the URL in {where} has a port that is not a number from 0 to 65535") from None
+    if not parts.scheme:
+        raise BadSetting(f"the URL in {where} has no scheme (amqp://, redis://...)")
+    return url

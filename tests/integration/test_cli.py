@@ -171,10 +171,13 @@ def test_bad_input_gets_a_sentence_not_a_traceback(settings: Settings) -> None:
         ["graph", "nothing"],
         ["participant", "no.such.module:worker"],
         ["show", "no-such-saga"],
+        ["orchestrator", "--amqp-url", "amqp://guest:s3cret@127.0.0.1:abc/"],
+        ["participant", "participants.examples.payment:worker", "--redis-url", "redis://127.0.0.1:port/0"],
     ):
         result = saga(settings, *args)
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.startswith("saga: ") and "Traceback" not in result.stderr
+        assert "s3cret" not in result.stderr
     unknown_flag = saga(settings, "start", "order", "--colour", "red")
     assert unknown_flag.returncode == 2 and "Traceback" not in unknown_flag.stderr
     # The flag is named, by the subcommand, with its usage.

@@ -34,3 +34,24 @@ def test_passwords_are_hidden_in_urls_and_errors() -> None:
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     message = str(Unreachable.rabbitmq("amqp://guest:s3cret@mq:5672/", "refused"))
     assert "s3cret" not in message and "guest:***@mq:5672" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("SAGA_AMQP_URL", "amqp://guest:s3cret@127.0.0.1:abc/"),
+        ("SAGA_REDIS_URL", "redis://:s3cret@127.0.0.1:99999/0"),
+        ("SAGA_AMQP_URL", "127.0.0.1:5672"),
+    ],
+)
+def test_a_url_that_cannot_be_parsed_is_one_sentence_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(BadSetting, match=variable) as caught:
+        Settings.from_env()
+    assert "s3cret" not in str(caught.value)
+
+
+def test_redact_survives_a_port_that_is_not_a_number() -> None:
+    assert redact("amqp://guest:s3cret@mq:abc/") == "amqp://guest:***@mq:abc/"
