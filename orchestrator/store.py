@@ -257,6 +257,40 @@ class RedisStore:
             if doc is not None:
                 yield _instance.decode(doc)
 
+    async def select(
+        self, status: str, saga_type: str | None = None, changed_after: float | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Ids of the sagas with `status` (and `saga_type`, changed after `changed_after`), the oldest change first.
+
+        A SCAN with the fields read in one pipelined round trip per page: the saga
+        hash carries status, type and updated_at beside the document for this.
+        """
+        found: list[tuple[float, str]] = []
+        keys: list[bytes] = []
+
+        async def page() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, "status", "type", "updated_at")
+            for key, (got_status, got_type, updated) in zip(keys, await pipe.execute(), strict=True):
+                if got_status is None or _bytes(got_status).decode() != status:
+                    continue
+                if saga_type is not None and (got_type is None or _bytes(got_type).decode() != saga_type):
+                    continue
+                at = float(updated or 0)
+                if changed_after is not None and at < changed_after:
+                    continue
+                found.append((at, _bytes(key).decode().partition("}:")[2]))
+            keys.clear()
+
+        async for key in self.redis.scan_iter(match=self.names.saga_pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= 1000:
+                await page()
+        await page()
+        found.sort()
+        return [saga_id for _, saga_id in found[:limit]]
+
     async def count(self, counter: str, by: int = 1) -> None:
         await self.redis.hincrby(self.names.counters_key, counter, by)
 

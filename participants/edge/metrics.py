@@ -136,6 +136,10 @@ class Metrics:
         self.in_flight = gauge("saga_in_flight_sagas", "Sagas waiting for a reply, a backoff or a deadline.")
         self.stuck = gauge("saga_stuck_sagas", "Sagas stuck, waiting for an operator.", "saga_type")
         self.stuck_types: set[str] = set()
+        # Stuck sagas never expire (they wait for an operator): this is what tells one was forgotten.
+        self.oldest_stuck = gauge(
+            "saga_oldest_stuck_seconds", "How long the saga stuck longest has been stuck (0: none)."
+        )
         self.breakers = counter(
             "saga_breaker_transitions",
             "Circuit breakers that this process saw open, turn half-open (a trial let through) or close.",
@@ -320,7 +324,7 @@ async def read_backlogs(redis: Redis, names: Names) -> None:
         return
     now_ms = time.time() * 1000
     pipe = redis.pipeline(transaction=False)
-    pipe.zrange(names.stuck_index, 0, -1)
+    pipe.zrange(names.stuck_index, 0, -1, withscores=True)
     for bucket in range(BUCKETS):
         pipe.zcard(names.outbox_index(bucket))
         pipe.zcard(names.deadline_key(bucket))
@@ -331,18 +335,21 @@ async def read_backlogs(redis: Redis, names: Names) -> None:
     due = [score for first in buckets[2::3] for _, score in first]
     m.deadline_lag.set(max(0.0, (now_ms - min(due)) / 1000) if due else 0.0)
     by_type: dict[str, int] = {}
+    since: list[float] = []
     if stuck:
         pipe = redis.pipeline(transaction=False)
-        for saga_id in stuck:
+        for saga_id, _ in stuck:
             pipe.hmget(names.saga_key(saga_id.decode()), "type", "status")
         gone = []
-        for saga_id, (saga_type, status) in zip(stuck, await pipe.execute(), strict=True):
+        for (saga_id, at), (saga_type, status) in zip(stuck, await pipe.execute(), strict=True):
             if status != b"stuck":  # resumed or compensated since, by a process that keeps no index
                 gone.append(saga_id)
             elif saga_type is not None:
                 by_type[saga_type.decode()] = by_type.get(saga_type.decode(), 0) + 1
+                since.append(at)
         if gone:
             await redis.zrem(names.stuck_index, *gone)
     for saga_type in m.stuck_types | set(by_type):
         m.stuck.labels(saga_type).set(by_type.get(saga_type, 0))
     m.stuck_types |= set(by_type)
+    m.oldest_stuck.set(max(0.0, (now_ms - min(since)) / 1000) if since else 0.0)

@@ -53,7 +53,9 @@ class Settings:
         if problem is not None:
             raise BadSetting(f"{problem} (--namespace or SAGA_NAMESPACE)")
         return cls(
-            amqp_url=_url(amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL, "--amqp-url or SAGA_AMQP_URL"),
+            amqp_url=_url(
+                amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL, "--amqp-url or SAGA_AMQP_URL"
+            ),
             redis_url=_url(
                 redis_url or os.environ.get("SAGA_REDIS_URL") or DEFAULT_REDIS_URL, "--redis-url or SAGA_REDIS_URL"
             ),

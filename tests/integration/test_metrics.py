@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,6 +141,8 @@ async def test_the_orchestrator_reads_its_backlogs_and_stuck_sagas_from_indexes(
         await eventually(lambda: _indexed(redis, stack.names.stuck_index, 2))
         # One of them resumed by a process that keeps no index (the CLI, say): the poll finds it gone.
         await redis.hset(stack.names.saga_key(stuck[0].saga_id), "status", "running")
+        # The other, stuck three hours ago: stuck sagas never expire, the gauge tells one was forgotten.
+        await redis.zadd(stack.names.stuck_index, {stuck[1].saga_id: int((time.time() - 3 * 3600) * 1000)})
         await eventually(lambda: _running(stack, waiting))
         await metrics.read_backlogs(redis, stack.names)
         samples = await scrape(served)
@@ -148,6 +151,7 @@ async def test_the_orchestrator_reads_its_backlogs_and_stuck_sagas_from_indexes(
     assert value(samples, "saga_in_flight_sagas") == 1
     assert value(samples, "saga_outbox_backlog") == 0
     assert value(samples, "saga_deadline_lag_seconds") == 0
+    assert 3 * 3600 <= value(samples, "saga_oldest_stuck_seconds") < 3 * 3600 + 600
 
 
 async def _running(stack: Any, saga_id: str) -> bool:

@@ -39,6 +39,7 @@ def test_the_dashboard_and_the_rules_name_served_metrics() -> None:
     assert used and used <= served(), used - served()
     assert {rule["alert"] for group in rules["groups"] for rule in group["rules"]} >= {
         "SagaStuck",
+        "SagaStuckForgotten",
         "SagaCompensationsHigh",
         "SagaDeadLetters",
         "SagaDeadlinesLate",
