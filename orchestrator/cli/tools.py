@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--repeat", type=int, default=1, help="alternate saga and baseline runs this often (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument(
+        "--against",
+        choices=["celery"],
+        help="also run the same orders as a Celery chain, alternating with ours (needs the bench extra)",
+    )
+    p.add_argument(
         "--waiting", type=int, metavar="N", help="measure scale instead: N sagas waiting, memory, timeouts fired"
     )
     p.add_argument(
@@ -56,8 +61,21 @@ async def bench(args: argparse.Namespace, settings: Settings) -> int:
         if args.parallel:
             raise UsageError("--waiting and --parallel measure different things: give one of them")
         return await _scale(args, settings)
+    if args.against is not None and args.parallel:
+        raise UsageError("--against and --parallel measure different things: give one of them")
+    if args.against == "celery":
+        from orchestrator.tools.bench_celery import missing
+
+        if (problem := missing()) is not None:
+            raise UsageError(problem)
     options = Options(
-        args.sagas, args.in_flight, args.failure_ratio, args.repeat, as_json=args.json, parallel=args.parallel
+        args.sagas,
+        args.in_flight,
+        args.failure_ratio,
+        args.repeat,
+        as_json=args.json,
+        against=args.against,
+        parallel=args.parallel,
     )
     return await run_bench(settings, options)
 

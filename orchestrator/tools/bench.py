@@ -31,8 +31,8 @@ from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from orchestrator.namespace import drop
 from orchestrator.store import RedisStore
-from orchestrator.tools import baseline
-from orchestrator.tools.cpu import listener_pid, process_cpu, redis_cpu, redis_memory
+from orchestrator.tools import baseline, bench_celery
+from orchestrator.tools.cpu import listener_pid, process_cpu, redis_cpu, redis_memory, tree_cpu
 from orchestrator.tools.fleet import Fleet
 from orchestrator.tools.report import percentile, step_latencies, table
 from participants.edge.connections import connect_amqp, connect_redis
@@ -68,6 +68,12 @@ def trip_data(rng: random.Random, n: int, failure_ratio: float) -> dict[str, Any
 
 
 DataMaker = Callable[[random.Random, int, float], dict[str, Any]]
+
+
+def orders(count: int, failure_ratio: float, seed: int) -> list[dict[str, Any]]:
+    """The orders of one run: the same seed gives both sides the same orders and the same failures."""
+    rng = random.Random(seed)
+    return [order_data(rng, n, failure_ratio) for n in range(count)]
 
 
 @dataclass
@@ -114,13 +120,17 @@ class Progress:
 class Cpu:
     """CPU seconds per process between two readings."""
 
-    def __init__(self, pids: dict[str, int | None], redis: Any) -> None:
+    def __init__(self, pids: dict[str, int | None], redis: Any, trees: tuple[str, ...] = ()) -> None:
         self.pids = pids
         self.redis = redis
+        self.trees = trees  # processes counted with their children (a prefork pool)
         self.start: dict[str, float | None] = {}
 
     async def read(self) -> dict[str, float | None]:
-        now: dict[str, float | None] = {name: process_cpu(pid) if pid else None for name, pid in self.pids.items()}
+        now: dict[str, float | None] = {
+            name: None if not pid else tree_cpu(pid) if name in self.trees else process_cpu(pid)
+            for name, pid in self.pids.items()
+        }
         now["redis"] = await redis_cpu(self.redis)
         return now
 
@@ -148,6 +158,8 @@ async def drive_sagas(
     """Publish `count` starts of `saga_type`, `in_flight` at a time; a saga ends when its final event arrives."""
     names = settings.names
     rng = random.Random(seed)
+    # Made before the first start: the same seed gives --against celery the same orders.
+    datas = [make_data(rng, n, failure_ratio) for n in range(count)]
     connection = await connect_amqp(settings.amqp_url)
     try:
         publisher = await connection.channel(publisher_confirms=True)
@@ -172,7 +184,7 @@ async def drive_sagas(
 
         async def one(n: int) -> None:
             saga_id = uuid.uuid4().hex
-            body = encode(StartSaga(saga_type=saga_type, saga_id=saga_id, data=make_data(rng, n, failure_ratio)))
+            body = encode(StartSaga(saga_type=saga_type, saga_id=saga_id, data=datas[n]))
             async with gate:
                 began = time.perf_counter()
                 waiting[saga_id] = loop.create_future()
@@ -208,6 +220,7 @@ class Options:
     seed: int = 1
     as_json: bool = False
     parallel: bool = False
+    against: str | None = None  # "celery": the same orders as a Celery chain, in the same run
 
 
 async def run_bench(base: Settings, options: Options) -> int:
@@ -225,22 +238,29 @@ async def run_bench(base: Settings, options: Options) -> int:
         for participant in PARTICIPANTS:
             fleet.participant(participant)
         fleet.spawn("baseline", "bench-responder")
+        celery = options.against == "celery"
+        if celery:
+            bench_celery.start_worker(fleet)
         await fleet.ready(
             [names.start_queue, names.reply_queue, baseline.request_queue(names)]
             + [names.participant_queue(p) for p in PARTICIPANTS]
+            + ([bench_celery.queue(settings)] if celery else [])
         )
         pids: dict[str, int | None] = {name: process.pid for name, process in fleet.processes.items()}
         pids["rabbitmq"] = listener_pid(settings.amqp_url)
         pids["bench"] = os.getpid()  # the driver of sagas, the requester of the ring
         # For a profiler: py-spy top --pid <pid>
         say("pids: " + ", ".join(f"{name} {pid}" for name, pid in pids.items()))
-        cpu = Cpu(pids, redis)
+        cpu = Cpu(pids, redis, trees=(bench_celery.WORKER,))
         # Warm up both paths: connections, JIT-free Python caches, queue leaders.
         await drive_sagas(settings, 100, options.in_flight, options.failure_ratio, 0, lambda _: None)
         await baseline.ring(settings, 100, options.in_flight)
+        if celery:
+            await bench_celery.drive(settings, orders(100, options.failure_ratio, 0), options.in_flight, lambda _: None)
 
         saga_runs: list[Run] = []
         ring_runs: list[Run] = []
+        celery_runs: list[Run] = []
         for r in range(options.repeat):
             await cpu.begin()
             ring = await baseline.ring(
@@ -256,9 +276,18 @@ async def run_bench(base: Settings, options: Options) -> int:
             run.cpu = await cpu.used()
             run.redis_bytes = await redis_memory(redis) - memory_before
             saga_runs.append(run)
+            if celery:
+                await cpu.begin()
+                seconds, latencies, statuses = await bench_celery.drive(
+                    settings, orders(options.sagas, options.failure_ratio, options.seed + r), options.in_flight,
+                    progress.begin(f"celery {r + 1}", options.sagas),
+                )  # fmt: skip
+                celery_runs.append(Run(options.sagas, seconds, latencies, await cpu.used(), statuses))
         store = RedisStore(redis, names)
         histories = [await store.history(saga_id) for saga_id in saga_runs[-1].saga_ids[:1000]]
         report = _report(options, saga_runs, ring_runs, step_latencies(histories))
+        if celery:
+            report.update(_against(report, celery_runs))
         say(_human(report))
         if options.as_json:
             print(json.dumps(report))
@@ -266,7 +295,12 @@ async def run_bench(base: Settings, options: Options) -> int:
     finally:
         fleet.stop()
         await redis.aclose()
-        await drop(settings, PARTICIPANTS, [baseline.request_queue(names), baseline.reply_queue(names)])
+        extra = [baseline.request_queue(names), baseline.reply_queue(names)]
+        if options.against == "celery":
+            extra.append(bench_celery.queue(settings))
+        await drop(settings, PARTICIPANTS, extra)
+        if options.against == "celery":
+            await bench_celery.remove_exchange(settings)
 
 
 def _median(values: list[float]) -> float:
@@ -311,6 +345,34 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
     }
 
 
+def _against(ours: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
+    """The Celery side's figures, and ours over theirs."""
+
+    def latency(q: float) -> float:
+        return round(_median([percentile(run.latencies, q) * 1000 for run in runs]), 2)
+
+    per_second = _median([run.per_second for run in runs])
+    cpu = _cpu_per(runs)
+    theirs = {k: v for k, v in cpu.items() if k in (bench_celery.WORKER, "rabbitmq", "redis", "bench")}
+    our_total = sum(v for v in ours["cpu_us_per_saga"].values() if v is not None)
+    their_total = sum(v for v in theirs.values() if v is not None)
+    return {
+        "against": "celery",
+        "celery": {
+            "sagas_per_s": round(per_second, 1),
+            "p50_ms": latency(50),
+            "p99_ms": latency(99),
+            "cpu_us_per_saga": theirs,
+            "cpu_us_per_saga_total": their_total,
+            "statuses": runs[-1].statuses,
+        },
+        "cpu_us_per_saga_total": our_total,
+        # Above 1 we are faster; the CPU ratio is ours over theirs, below 1 we spend less.
+        "celery_ratio": round(ours["sagas_per_s"] / per_second, 3) if per_second else None,
+        "celery_cpu_ratio": round(our_total / their_total, 3) if their_total else None,
+    }
+
+
 def _cpu_line(cpu: dict[str, int | None]) -> str:
     total = sum(v for v in cpu.values() if v is not None)
     return ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in cpu.items()) + f" (total {total})"
@@ -337,6 +399,9 @@ def _human(report: dict[str, Any]) -> str:
             f"{report['baseline_p99_ms']}",
         ],
     ]
+    if "celery" in report:
+        theirs = report["celery"]
+        rows.append(["celery chain", f"{theirs['sagas_per_s']}", f"{theirs['p50_ms']}", "", f"{theirs['p99_ms']}"])
     lines = [
         f"{report['sagas']} order sagas, {report['in_flight']} in flight, {report['failure_ratio']:.0%} failing by "
         f"design; medians of {report['repeat']} run(s)",
@@ -353,6 +418,15 @@ def _human(report: dict[str, Any]) -> str:
         f"Redis memory per finished saga: {report['redis_bytes_per_saga']} bytes",
         f"outcomes: {report['statuses']}",
     ]
+    if "celery" in report:
+        theirs = report["celery"]
+        lines[5:5] = [
+            f"ratio (sagas/s / celery chain sagas/s): {report['celery_ratio']}",
+            f"CPU per saga, all processes: ours {report['cpu_us_per_saga_total']} µs, celery chain "
+            f"{theirs['cpu_us_per_saga_total']} µs, ratio {report['celery_cpu_ratio']}",
+        ]
+        lines.append("CPU µs per celery saga: " + _cpu_line(theirs["cpu_us_per_saga"]))
+        lines.append(f"celery outcomes: {theirs['statuses']}")
     return "\n".join(lines)
 
 

@@ -29,6 +29,20 @@ def process_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds of `pid` and every process below it (a prefork worker's pool), or None."""
+    own = process_cpu(pid)
+    if own is None:
+        return None
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in task.read_text().split()]
+        except OSError:
+            continue
+    return own + sum(used for child in children if (used := tree_cpu(child)) is not None)
+
+
 def listener_pid(url: str) -> int | None:
     """The pid of the local process listening on the URL's port (RabbitMQ's Erlang VM), if any."""
     parts = urlsplit(url)

@@ -83,3 +83,22 @@ def test_bench_refuses_two_modes_at_once(settings: Settings) -> None:
         saga_command("bench", "--parallel", "--waiting", "10"), env=saga_env(settings), capture_output=True, text=True
     )
     assert done.returncode == 1 and "give one of them" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_bench_against_celery_runs_the_same_orders_as_a_chain(settings: Settings, redis: Redis) -> None:
+    report, stderr = bench(
+        settings, "--sagas", "20", "--in-flight", "4", "--failure-ratio", "0.5", "--against", "celery"
+    )
+
+    celery = report["celery"]
+    assert report["against"] == "celery" and isinstance(celery, dict)
+    # The same seed gives both sides the same orders, hence the same outcomes.
+    assert celery["statuses"] == report["statuses"] and sum(celery["statuses"].values()) == 20
+    assert celery["sagas_per_s"] > 0 and 0 < celery["p50_ms"] <= celery["p99_ms"]
+    assert report["celery_ratio"] == pytest.approx(report["sagas_per_s"] / celery["sagas_per_s"], abs=0.01)
+    assert celery["cpu_us_per_saga"]["celery"] > 0  # the worker and its prefork pool
+    assert report["celery_cpu_ratio"] == pytest.approx(
+        report["cpu_us_per_saga_total"] / celery["cpu_us_per_saga_total"], abs=0.01
+    )
+    assert "ratio (sagas/s / celery chain sagas/s)" in stderr
+    assert await _leftovers(redis, settings) == []
