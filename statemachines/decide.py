@@ -22,6 +22,7 @@ from statemachines.compiler import CompiledSaga, compiled
 from statemachines.dsl import Await, Saga, lane_node
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import (
+    FINAL,
     OUTCOME_UNKNOWN,
     TERMINAL,
     Command,
@@ -232,7 +233,7 @@ def _apply_signal(flow: CompiledSaga, inst: SagaInstance, signal: Signal, now: f
     if signal.signal_id in inst.signals:
         return Decision(inst, note=f"signal {signal.signal_id!r} was applied already")
     refusal = None
-    if inst.status in TERMINAL:
+    if inst.status in FINAL:
         refusal = "finished"
     elif signal.name not in awaits:
         refusal = "unknown_signal"

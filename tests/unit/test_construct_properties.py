@@ -43,21 +43,24 @@ FLAGS = ("f0", "f1", "f2")
 
 
 @st.composite
-def steps(draw: st.DrawFn, names: itertools.count[int], plain_only: bool = False) -> Step:
+def steps(
+    draw: st.DrawFn, names: itertools.count[int], plain_only: bool = False, undo: bool = True, pivot: bool = False
+) -> Step:
     name = f"s{next(names)}"
     options: dict[str, Any] = {
         "participant": draw(st.sampled_from(PARTICIPANTS)),
         "command": f"do_{name}",
-        "compensation": f"undo_{name}" if draw(st.integers(0, 9)) < 7 else None,
+        "compensation": f"undo_{name}" if undo and draw(st.integers(0, 9)) < 7 else None,
+        "pivot": pivot,
         "timeout": 10.0,
         "retry": Retry(draw(st.integers(1, 2)), backoff=draw(st.sampled_from([0.0, 1.0])), retry_on=["unavailable"]),
         "compensation_retry": Retry(draw(st.integers(1, 2)), backoff=0.0),
     }
     if not plain_only:
-        if draw(st.integers(0, 9)) < 3:
+        if not pivot and draw(st.integers(0, 9)) < 3:
             options["when"] = draw(st.sampled_from(FLAGS))
         if draw(st.integers(0, 9)) < 3:
-            options["fallback"] = draw(steps(names, plain_only=True))
+            options["fallback"] = draw(steps(names, plain_only=True, undo=undo))
         if draw(st.integers(0, 9)) < 2:
             options["breaker"] = CircuitBreaker()
     return Step(name, **options)
@@ -67,28 +70,35 @@ def steps(draw: st.DrawFn, names: itertools.count[int], plain_only: bool = False
 def sagas(draw: st.DrawFn) -> Saga:
     names = itertools.count()
     nodes: list[Any] = []
-    for index in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["step", "step", "parallel", "foreach", "await"]))
-        if kind == "step":
-            nodes.append(draw(steps(names)))
+    count = draw(st.integers(1, 4))
+    # A pivot, maybe: nothing after it can be undone.
+    pivot = draw(st.none() | st.integers(0, count - 1))
+    for index in range(count):
+        undoable = pivot is None or index < pivot
+        kind = "pivot" if index == pivot else draw(st.sampled_from(["step", "step", "parallel", "foreach", "await"]))
+        if kind == "pivot":
+            nodes.append(draw(steps(names, undo=True, pivot=True)))
+        elif kind == "step":
+            nodes.append(draw(steps(names, undo=undoable)))
         elif kind == "parallel":
             branches = [
-                [draw(steps(names)) for _ in range(draw(st.integers(1, 2)))] for _ in range(draw(st.integers(2, 3)))
+                [draw(steps(names, undo=undoable)) for _ in range(draw(st.integers(1, 2)))]
+                for _ in range(draw(st.integers(2, 3)))
             ]
             nodes.append(Parallel(f"g{index}", branches))
         elif kind == "foreach":
-            nodes.append(
-                ForEach(f"g{index}", items="items", step=draw(steps(names)), max_concurrency=draw(st.integers(1, 2)))
-            )
+            item = draw(steps(names, undo=undoable))
+            nodes.append(ForEach(f"g{index}", items="items", step=item, max_concurrency=draw(st.integers(1, 2))))
         else:
             undo = None
-            if draw(st.booleans()):
+            if undoable and draw(st.booleans()):
                 undo = Step(f"s{next(names)}", participant="pa", command="undo_wait", compensation_retry=Retry(1))
             nodes.append(Await(f"g{index}", timeout=50.0, compensation=undo))
     breakers = {"pc": CircuitBreaker()} if draw(st.booleans()) else None
     if breakers and not any(s.participant == "pc" for s in Saga("probe", nodes).all_steps.values()):
         breakers = None
-    return Saga("random", nodes, breakers=breakers)
+    deadline = draw(st.sampled_from([None, None, 45.0]))
+    return Saga("random", nodes, breakers=breakers, deadline=deadline)
 
 
 def trail(run: SagaRun) -> str:
@@ -164,7 +174,9 @@ def test_every_construct_compensates_what_applied_once_in_reverse(
     for _ in range(data.draw(st.integers(0, 40), label="chaos")):
         if run.done:
             break
-        move = data.draw(st.sampled_from(["reply", "reply", "reply", "dup", "late", "clock", "signal", "breaker"]))
+        move = data.draw(
+            st.sampled_from(["reply", "reply", "reply", "dup", "late", "clock", "signal", "breaker", "abort", "resume"])
+        )
         awaited = run.awaited
         late = [
             sent
@@ -189,6 +201,12 @@ def test_every_construct_compensates_what_applied_once_in_reverse(
         elif move == "signal":
             name = data.draw(st.sampled_from(signals))
             run.signal(name, {"signalled": True}, signal_id=data.draw(st.sampled_from(["a", "b", None])))
+            ledger.observe()
+        elif move == "abort" and data.draw(st.integers(0, 3)) == 0:
+            run.abort()
+            ledger.observe()
+        elif move == "resume":
+            run.resume()
             ledger.observe()
         elif move == "breaker" and keys:
             key = data.draw(st.sampled_from(keys))
