@@ -6,8 +6,11 @@
 2. Redis memory per waiting saga.
 3. Order sagas run through the same orchestrator meanwhile: throughput
    while they wait.
-4. A second orchestrator starts with the usual timer: the time until all N
-   timeouts have fired and every parked saga has ended.
+4. That orchestrator stops (handing back its buckets' leases) and a second
+   starts with the usual timer: the time until all N timeouts have fired
+   and every parked saga has ended. While the sleepy one lives it keeps its
+   buckets, and their deadlines with them: a lease is only taken over from
+   an orchestrator that has gone.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ async def run_scale(
     connection = await connect_amqp(settings.amqp_url)
     try:
         say(f"starting the orchestrator and {', '.join(PARTICIPANTS)}; nobody serves `parking` ...")
-        fleet.orchestrator("orchestrator", "--sagas", "orchestrator.tools.bench_sagas", "--tick", "86400")
+        sleepy = fleet.orchestrator("orchestrator", "--sagas", "orchestrator.tools.bench_sagas", "--tick", "86400")
         for participant in PARTICIPANTS:
             fleet.participant(participant)
         await fleet.ready([names.start_queue, names.reply_queue, *(names.participant_queue(p) for p in PARTICIPANTS)])
@@ -57,6 +60,8 @@ async def run_scale(
 
         run = await drive_sagas(settings, sagas, in_flight, 0.1, 1, progress.begin("meanwhile", sagas))
 
+        sleepy.terminate()
+        await asyncio.to_thread(sleepy.wait, 30)
         began = time.perf_counter()
         fleet.orchestrator("timers", "--sagas", "orchestrator.tools.bench_sagas")
         await events.wait("compensated", waiting, progress.begin("timeouts", waiting))
