@@ -207,7 +207,9 @@ class Worker:
         token = f"{command.message_id}:{message.delivery_tag or uuid.uuid4().hex}"
         deadline = asyncio.get_running_loop().time() + self.lock_seconds + 1
         while True:
-            begun = await self._scripts.call(self.redis, "begin", keys, [token, int(self.lock_seconds * 1000)])
+            begun = await self._scripts.call(
+                self.redis, "begin", keys, [token, int(self.lock_seconds * 1000), command.action]
+            )
             if begun[0] == b"cached":
                 observe.duplicate(self.name, command, command.command in self.handlers)
                 await self._send(command, begun[1])
@@ -250,12 +252,13 @@ class Worker:
             outcome = await self._call(command)
             if isinstance(outcome, ErrorInfo):
                 # A Failure means nothing happened; a crashing handler may have done part of its work.
-                unknown = outcome.code == OUTCOME_UNKNOWN or record.get("do") == "unknown"
+                # A run before this one was cut short (`started`) or crashed: it may have done part of its work.
+                unknown = outcome.code == OUTCOME_UNKNOWN or record.get("do") in ("unknown", "started")
                 return self._reply(command, outcome), {"do": "unknown" if unknown else "failure"}
             return self._reply(command, outcome), {"do": "success", "data": _json.encode(outcome).decode()}
         if record.get("compensated"):
             return self._reply(command, {}), {}
-        if record.get("do") not in ("success", "unknown"):
+        if record.get("do") not in ("success", "unknown", "started"):
             # Nothing happened to undo; recording it refuses the action should it arrive late.
             return self._reply(command, {}), {"compensated": "1"}
         outcome = await self._call(command)

@@ -311,7 +311,14 @@ class Audit:
         return Counter(self.statuses.values())
 
 
-async def audit(redis: Redis, names: Names, sagas: Sequence[Planned], ended: Mapping[str, str]) -> Audit:
+async def audit(
+    redis: Redis,
+    names: Names,
+    sagas: Sequence[Planned],
+    ended: Mapping[str, str],
+    parallel: frozenset[str] = frozenset(),
+) -> Audit:
+    """`parallel`: saga types whose steps run at once (a compensated one may have taken any but the failing step)."""
     result = Audit(dict(ended))
     for saga in sagas:
         status = ended[saga.saga_id]
@@ -347,6 +354,9 @@ async def audit(redis: Redis, names: Names, sagas: Sequence[Planned], ended: Map
             if status == "completed":
                 owed[participant].update(saga.takes(step))
                 want = (saga.takes(step), False)
+            elif status == "compensated" and saga.saga_type in parallel and index != failing:
+                # Taken and given back, or never taken (compensated before its action arrived).
+                want = (saga.takes(step), True) if entry is not None else (None, given_back)
             elif status == "compensated" and index < failing:
                 want = (saga.takes(step), step != "create_shipment")
             elif status == "compensated":
