@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from orchestrator.admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from orchestrator.engine import Engine
 from orchestrator.leases import Leases
 from orchestrator.refusals import Refusals, about
@@ -44,6 +45,8 @@ class Tuning:
     drain_timeout: float = 30.0
     # How long a bucket's lease lasts: a dead orchestrator's buckets are swept by another after this.
     bucket_lease: float = 10.0
+    # Sagas in flight in the namespace beyond which starts wait in the start queue.
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
 
 
 class Orchestrator:
@@ -60,6 +63,7 @@ class Orchestrator:
         self.starts: Starts | None = None
         self.leases: Leases | None = None
         self.signals: Signals | None = None
+        self.admission: Admission | None = None
 
     async def start(self) -> None:
         names = self.names
@@ -85,7 +89,8 @@ class Orchestrator:
         await redis.sadd(names.queues_key, *queues)
         self.engine = Engine(store, broker, self.registry, names)
         self.refusals = Refusals(self.engine)
-        self.starts = Starts(self.engine, self.registry, self.refusals)
+        self.admission = Admission(redis, names, self.tuning.max_in_flight)
+        self.starts = Starts(self.engine, self.registry, self.refusals, self.admission)
         self.signals = Signals(self.engine, self.refusals)
         self.leases = Leases(store, self.tuning.bucket_lease)
         await self.leases.heartbeat()
@@ -98,7 +103,8 @@ class Orchestrator:
         ]
         observe.serving(redis, names)
         broker.on_dead_letter = lambda queue, _: store.count(f"dead_letters:{queue}")
-        await broker.consume(names.start_queue, self._on_start, self.tuning.prefetch)
+        # No more starts held waiting for room than the limit: the rest stay ready in the queue.
+        await broker.consume(names.start_queue, self._on_start, min(self.tuning.prefetch, self.tuning.max_in_flight))
         await broker.consume(names.reply_queue, self._on_reply, self.tuning.prefetch)
         await broker.consume(names.signals_queue, self._on_signal, self.tuning.prefetch)
         log.info(
@@ -115,6 +121,8 @@ class Orchestrator:
     async def close(self) -> None:
         """Stop taking deliveries, finish those in flight, then close connections."""
         self._stopping.set()
+        if self.admission is not None:
+            self.admission.stop()
         if self.broker is not None:
             await self.broker.stop_consuming(self.tuning.drain_timeout)
         for task in self._tasks:

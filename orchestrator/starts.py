@@ -14,6 +14,7 @@ import uuid
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from orchestrator.admission import Admission
 from orchestrator.engine import Engine
 from orchestrator.refusals import About, Refusals, about, bounds_problem
 from orchestrator.registry import Registry, UnknownSaga
@@ -25,8 +26,11 @@ from statemachines.names import id_problem, reply_to_problem
 
 
 class Starts:
-    def __init__(self, engine: Engine, registry: Registry, refusals: Refusals) -> None:
+    def __init__(
+        self, engine: Engine, registry: Registry, refusals: Refusals, admission: Admission | None = None
+    ) -> None:
         self.engine = engine
+        self.admission = admission
         self.registry = registry
         self.refusals = refusals
         self.names = engine.names
@@ -60,6 +64,10 @@ class Starts:
         except UnknownSaga as exc:
             raise await self.refusals.start(sender, "unknown_saga_type", str(exc)) from None
         event = Start(saga_id=saga_id, data=start.data, reply_to=start.reply_to, saga_type=start.saga_type)
+        if self.admission is not None:
+            # Unacked while it waits: a crash puts it back in the queue. A start of a saga that
+            # exists waits too (it is cheap to answer, but telling costs a read on every start).
+            await self.admission.admit()
         decision = await self.engine.apply(saga_id, event, saga)
         if decision.refusal is not None:
             raise await self.refusals.start(sender, decision.refusal.code, decision.refusal.message)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 
+from orchestrator.admission import DEFAULT_MAX_IN_FLIGHT
 from orchestrator.cli.common import EXIT_OK, UsageError, command, metrics_flags, sagas_flag, serve_metrics
 from orchestrator.config import Settings
 from orchestrator.registry import Registry
@@ -15,6 +17,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sagas_flag(p)
     p.add_argument("--prefetch", type=int, default=256, help="deliveries in flight per queue (default: 256)")
     p.add_argument("--tick", type=float, default=0.05, help="seconds between looks for due timeouts (default: 0.05)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sagas in flight in the namespace beyond which starts wait in the queue "
+        "(default: $SAGA_MAX_IN_FLIGHT or 10000)",
+    )
     metrics_flags(p)
 
     p = command(
@@ -29,7 +39,13 @@ async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.prefetch < 1 or args.tick <= 0:
         raise UsageError("--prefetch must be at least 1 and --tick positive")
-    tuning = Tuning(prefetch=args.prefetch, tick=args.tick)
+    limit = args.max_in_flight
+    if limit is None:
+        raw = os.environ.get("SAGA_MAX_IN_FLIGHT") or str(DEFAULT_MAX_IN_FLIGHT)
+        limit = int(raw) if raw.isdigit() else 0
+    if limit < 1:
+        raise UsageError("--max-in-flight (or SAGA_MAX_IN_FLIGHT) must be a whole number of at least 1")
+    tuning = Tuning(prefetch=args.prefetch, tick=args.tick, max_in_flight=limit)
     serve_metrics(args)
     await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
     return EXIT_OK
