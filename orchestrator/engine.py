@@ -23,6 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 
 from orchestrator.breakers import Breakers, Seen
+from orchestrator.presence import Presence
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
 from participants.edge import observe
@@ -37,6 +38,10 @@ log = logging.getLogger("saga.engine")
 CONFLICT_RETRIES = 20
 # Sagas whose last write this process remembers, to skip a read per reply.
 WRITTEN_CACHE = 100_000
+
+
+# How often a held-back deadline looks again whether its participant is back.
+HOLD_RECHECK = 5.0
 
 
 class KeyedLocks:
@@ -95,6 +100,12 @@ class Engine:
         self.clock = clock
         self.stats: Counter[str] = Counter()
         self._locks = KeyedLocks()
+        # Hold-back (`orchestrator.presence`): off unless the service sets both.
+        self.presence: Presence | None = None
+        self.hold_seconds = 0.0
+        self.hold_recheck = HOLD_RECHECK
+        # Sagas held back by this process (in memory: after a crash one more attempt is all it costs).
+        self._held: dict[str, float] = {}
         self._confirmed: list[tuple[str, int]] = []
         self._confirmed_ready = asyncio.Event()
         self._written: OrderedDict[str, SagaInstance] = OrderedDict()
@@ -316,6 +327,8 @@ class Engine:
 
     async def _fire(self, saga_id: str, lease: int) -> None:
         try:
+            if self.presence is not None and await self._held_back(saga_id, lease):
+                return
             decision = await self.apply(saga_id, Due())
         except Exception as exc:
             # The lease runs out and the deadline fires again; a bug shows in the log, not a lost timer.
@@ -326,6 +339,37 @@ class Engine:
         else:
             inst = decision.instance
             await self.store.settle(saga_id, lease, inst.wake_at if inst else None)
+
+    async def _held_back(self, saga_id: str, lease: int) -> bool:
+        """A reply is due from a participant whose queue has no consumer: wait for it rather than spend an attempt.
+
+        Up to `hold_seconds` after the command was sent; the deadline is looked at again in
+        `hold_recheck` seconds. Then, or once the participant consumes again, it fires as usual.
+        """
+        assert self.presence is not None
+        inst = await self.store.load(saga_id)
+        if inst is None or inst.waiting != "reply" or inst.step is None or inst.step in inst.groups:
+            return False
+        now = self.clock()
+        if now - inst.updated_at >= self.hold_seconds:
+            return False
+        try:
+            participant = self.definition(inst).step(inst.step).participant
+        except Exception:  # a saga version or step this process does not know: let decide say so
+            return False
+        step = self.definition(inst).step(inst.step)
+        if await self.presence.consumers(self.names.participant_queue(participant)) > 0:
+            if self._held.pop(saga_id, None) is None:
+                return False
+            # Back: its command waits at the head of its queue, give it a whole timeout to answer.
+            await self.store.settle(saga_id, lease, now + step.timeout)
+            return True
+        self._held[saga_id] = now
+        if len(self._held) > WRITTEN_CACHE:
+            self._held.pop(next(iter(self._held)))
+        self.stats["held_back"] += 1
+        await self.store.settle(saga_id, lease, min(now + self.hold_recheck, inst.updated_at + self.hold_seconds))
+        return True
 
     async def sweep(self, grace: float, buckets: Collection[int] = range(BUCKETS), owner: str | None = None) -> int:
         """Re-publish outboxes of `buckets` older than `grace` seconds that no broker confirmed."""

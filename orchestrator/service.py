@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from orchestrator.admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from orchestrator.engine import Engine
 from orchestrator.leases import Leases
+from orchestrator.presence import Presence
 from orchestrator.refusals import Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.signals import Signals
@@ -47,6 +48,8 @@ class Tuning:
     bucket_lease: float = 10.0
     # Sagas in flight in the namespace beyond which starts wait in the start queue.
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    # A reply due from a participant with no consumer is waited for this long before it times out (0: off).
+    hold_seconds: float = 0.0
 
 
 class Orchestrator:
@@ -89,6 +92,9 @@ class Orchestrator:
         await redis.sadd(names.queues_key, *queues)
         self.engine = Engine(store, broker, self.registry, names)
         self.refusals = Refusals(self.engine)
+        if self.tuning.hold_seconds > 0:
+            self.engine.presence = Presence(broker)
+            self.engine.hold_seconds = self.tuning.hold_seconds
         self.admission = Admission(redis, names, self.tuning.max_in_flight)
         self.starts = Starts(self.engine, self.registry, self.refusals, self.admission)
         self.signals = Signals(self.engine, self.refusals)

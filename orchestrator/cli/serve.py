@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="sagas in flight in the namespace beyond which starts wait in the queue "
         "(default: $SAGA_MAX_IN_FLIGHT or 10000)",
     )
+    p.add_argument(
+        "--hold-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="wait up to S seconds for a participant whose queue has no consumer before its step times out "
+        "(default: $SAGA_HOLD_SECONDS or 0, off)",
+    )
     metrics_flags(p)
 
     p = command(
@@ -45,7 +53,15 @@ async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
         limit = int(raw) if raw.isdigit() else 0
     if limit < 1:
         raise UsageError("--max-in-flight (or SAGA_MAX_IN_FLIGHT) must be a whole number of at least 1")
-    tuning = Tuning(prefetch=args.prefetch, tick=args.tick, max_in_flight=limit)
+    hold = args.hold_seconds
+    if hold is None:
+        try:
+            hold = float(os.environ.get("SAGA_HOLD_SECONDS") or 0)
+        except ValueError:
+            hold = -1.0
+    if not 0 <= hold < float("inf"):
+        raise UsageError("--hold-seconds (or SAGA_HOLD_SECONDS) must be a number of seconds, 0 or more")
+    tuning = Tuning(prefetch=args.prefetch, tick=args.tick, max_in_flight=limit, hold_seconds=hold)
     serve_metrics(args)
     await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
     return EXIT_OK

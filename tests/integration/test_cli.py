@@ -173,6 +173,7 @@ def test_bad_input_gets_a_sentence_not_a_traceback(settings: Settings) -> None:
         ["show", "no-such-saga"],
         ["orchestrator", "--amqp-url", "amqp://guest:s3cret@127.0.0.1:abc/"],
         ["orchestrator", "--max-in-flight", "0"],
+        ["orchestrator", "--hold-seconds", "-1"],
         ["participant", "participants.examples.payment:worker", "--redis-url", "redis://127.0.0.1:port/0"],
     ):
         result = saga(settings, *args)
