@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, signals, tools, watch, web
-from orchestrator.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, UsageError
+from orchestrator.cli.common import EXIT_ACCESS_REFUSED, EXIT_FAILED, EXIT_UNREACHABLE, UsageError
 from orchestrator.registry import UnknownSaga
 from orchestrator.store import LayoutMismatch
 from participants.edge import logs, tracing
-from participants.edge.connections import Unreachable
+from participants.edge.connections import AccessRefused, Unreachable
 from participants.edge.settings import BadSetting, Settings
 
 try:  # uvloop where it exists: the same asyncio, a faster loop
@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args.handler(args, settings)))
     except (Unreachable, UsageError, UnknownSaga, BadSetting, LayoutMismatch, tracing.TracingMissing) as exc:
         print(f"saga: {exc}", file=sys.stderr)
+        if isinstance(exc, AccessRefused):
+            return EXIT_ACCESS_REFUSED
         return EXIT_UNREACHABLE if isinstance(exc, Unreachable) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130

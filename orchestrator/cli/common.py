@@ -21,6 +21,8 @@ EXIT_OK, EXIT_FAILED, EXIT_WAIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_REJECTED, EXIT_CONFLICT = 4, 5
 # `saga signal`: the signal was refused (unknown saga, not waiting for it, out of bounds...).
 EXIT_SIGNAL_REFUSED = 6
+# RabbitMQ refused the login: a wrong user, password or virtual host, not a service away.
+EXIT_ACCESS_REFUSED = 7
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 

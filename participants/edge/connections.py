@@ -49,6 +49,17 @@ class Unreachable(Exception):
         )
 
 
+class AccessRefused(Unreachable):
+    """The broker answered and refused the login: not transient, so never waited out."""
+
+    @classmethod
+    def rabbitmq_login(cls, url: str) -> AccessRefused:
+        return cls(
+            f"RabbitMQ at {redact(url)} refused the login (ACCESS_REFUSED): "
+            "check the user, password and virtual host in --amqp-url or SAGA_AMQP_URL."
+        )
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     # Connection errors often quote the URL; never let a password through.
@@ -72,6 +83,8 @@ async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobust
         await connection.connect(timeout=connect_timeout)
         return connection
     except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
+        if "ACCESS_REFUSED" in str(exc):
+            raise AccessRefused.rabbitmq_login(url) from None
         raise Unreachable.rabbitmq(url, _reason(exc)) from None
     finally:
         for logger, level in zip(quiet, levels, strict=True):

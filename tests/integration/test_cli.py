@@ -165,6 +165,15 @@ def test_unreachable_services_get_one_sentence_without_the_password(settings: Se
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_wrong_password_is_its_own_sentence_and_exit_code(settings: Settings) -> None:
+    for args in (["start", "order", "--data", json.dumps(order())], ["orchestrator"]):
+        result = saga(settings, *args, "--amqp-url", "amqp://guest:s3cret-wrong@127.0.0.1:5672/")
+        assert result.returncode == 7, result.stderr
+        said = result.stderr.strip().splitlines()[-1]
+        assert said.startswith("saga: RabbitMQ at amqp://guest:***@127.0.0.1:5672/ refused the login"), said
+        assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_input_gets_a_sentence_not_a_traceback(settings: Settings) -> None:
     for args in (
         ["start", "order", "--data", "{nope"],
