@@ -27,8 +27,8 @@ from orchestrator.presence import Presence
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
 from participants.edge import observe
-from participants.edge.amqp import Broker, Envelope, pack, unpack
-from statemachines.decide import Decision, Due, Event, Start, decide
+from participants.edge.amqp import Broker, Envelope, pack, unpack, unpublishable
+from statemachines.decide import Decision, Due, Event, Start, Unpublishable, decide
 from statemachines.dsl import CircuitBreaker, Saga, breaker_key, breaker_of
 from statemachines.instance import SagaInstance
 from statemachines.messages import TERMINAL, Reply, encode
@@ -372,15 +372,50 @@ class Engine:
         return True
 
     async def sweep(self, grace: float, buckets: Collection[int] = range(BUCKETS), owner: str | None = None) -> int:
-        """Re-publish outboxes of `buckets` older than `grace` seconds that no broker confirmed."""
-        count = 0
+        """Re-publish outboxes of `buckets` older than `grace` seconds that no broker confirmed.
+
+        Each outbox is tried on its own: one that fails never holds up the
+        others, and one that can never be published is parked (`park`).
+        """
+        count = failed = 0
+        first: Exception | None = None
         for saga_id, rev, raw in await self.store.pending_outboxes(self.clock(), grace, 1000, buckets, owner):
-            async with self._locks.hold(saga_id):
-                await self.store.replicated(saga_id)
-                await self.broker.publish(unpack(raw))
-                await self.store.clear_outboxes([(saga_id, rev)])
+            try:
+                async with self._locks.hold(saga_id):
+                    await self.store.replicated(saga_id)
+                    await self.broker.publish(unpack(raw))
+                    await self.store.clear_outboxes([(saga_id, rev)])
+            except Exception as exc:
+                reason = unpublishable(exc)
+                try:
+                    if reason is not None:
+                        await self.park(saga_id, rev, reason)
+                        continue
+                except Exception as parking:
+                    exc = parking
+                failed += 1
+                first = first or exc
+                if isinstance(exc, ConnectionError):
+                    break  # the broker or Redis is away: the rest would fail alike
+                continue
             count += 1
+        if failed:
+            self.stats["sweep_failures"] += failed
+            log.warning("outbox sweep: %d outboxes failed to publish (first: %r); retried in %gs", failed, first, grace)
         if count:
             self.stats["outboxes_swept"] += count
             log.info("re-published %d outboxes left behind", count)
         return count
+
+    async def park(self, saga_id: str, rev: int, reason: str) -> None:
+        """Give up on an outbox that can never be published: its saga goes stuck with `reason`, the outbox goes."""
+        if await self.store.outbox_rev(saga_id) != rev:
+            return  # confirmed or replaced meanwhile
+        log.error("saga %s: its messages can never be published (%s); parked, the saga is stuck", saga_id, reason)
+        decision = await self.apply(saga_id, Unpublishable(reason))
+        # A stuck transition replaced the outbox in its commit; otherwise (a finished saga) drop it here.
+        parked = await self.store.park_outbox(saga_id, rev) or decision.changed
+        if parked:
+            self.stats["parked_outboxes"] += 1
+            await self.store.count("parked_outboxes")
+            observe.parked(decision.instance.saga_type if decision.instance else "unknown")

@@ -192,6 +192,17 @@ class RedisStore:
             calls.append(self.scripts.call(self.redis, "clear_outbox", keys, args))
         await asyncio.gather(*calls)
 
+    async def outbox_rev(self, saga_id: str) -> int | None:
+        """The rev of the saga's unconfirmed outbox, None if it has none."""
+        rev = await self.redis.hget(self.names.outbox_key(saga_id), "rev")
+        return None if rev is None else int(rev)
+
+    async def park_outbox(self, saga_id: str, rev: int) -> bool:
+        """Drop the saga's outbox of `rev`, which can never be published; False if a newer one replaced it."""
+        names = self.names
+        keys = [names.outbox_key(saga_id), names.outbox_index(names.bucket(saga_id))]
+        return bool(await self.scripts.call(self.redis, "park_outbox", keys, [saga_id, rev]))
+
     async def _claim(
         self, key: str, bucket: int, upto: int, until: int, limit: int, owner: str | None
     ) -> list[bytes | str]:

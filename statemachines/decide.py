@@ -25,6 +25,7 @@ from statemachines.messages import (
     FINAL,
     OUTCOME_UNKNOWN,
     TERMINAL,
+    UNPUBLISHABLE,
     Command,
     ErrorInfo,
     Reply,
@@ -74,7 +75,13 @@ class Signal(msgspec.Struct, kw_only=True):
     data: dict[str, Any] = {}
 
 
-Event = Start | Reply | Due | Resume | Abort | RefusedReply | Signal
+class Unpublishable(msgspec.Struct):
+    """The saga's outbox can never be published (the broker or the client refuses it for good): park it."""
+
+    reason: str
+
+
+Event = Start | Reply | Due | Resume | Abort | RefusedReply | Signal | Unpublishable
 
 
 @dataclass
@@ -151,6 +158,8 @@ def decide(
         return _apply_due(flow, instance, now)
     if isinstance(event, RefusedReply):
         return _refused_reply(instance, event, now)
+    if isinstance(event, Unpublishable):
+        return _unpublishable(flow, instance, event, now)
     if isinstance(event, Resume):
         if instance.status != "stuck":
             return Decision(instance, note=f"saga is {instance.status}, not stuck: nothing to resume")
@@ -201,6 +210,17 @@ def _refused_reply(inst: SagaInstance, refused: RefusedReply, now: float) -> Dec
         )
         decision.changed = decision.keeps_outbox = True
     return decision
+
+
+def _unpublishable(flow: CompiledSaga, inst: SagaInstance, event: Unpublishable, now: float) -> Decision:
+    """A running saga whose messages cannot be sent goes stuck with the reason; a finished one keeps a note."""
+    why = f"its messages cannot be published: {event.reason}"
+    if inst.status not in TERMINAL and inst.status != "new":
+        stuck = msgspec.structs.replace(inst, error=ErrorInfo(UNPUBLISHABLE, why))
+        decision = _fire(flow, stuck, "fault", now, detail=why)
+        if decision.changed:
+            return decision
+    return _unchanged(inst, now, "parked_outbox", why)
 
 
 def _in_group(flow: CompiledSaga, inst: SagaInstance) -> bool:

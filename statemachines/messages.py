@@ -45,6 +45,9 @@ DEADLINE_EXCEEDED = "deadline_exceeded"
 COMPENSATED = "compensated"
 # The participant has no handler for the command.
 UNKNOWN_COMMAND = "unknown_command"
+# The orchestrator's own: a saga's messages could never be published (the
+# broker or its client refuses them for good); the saga is stuck with it.
+UNPUBLISHABLE = "unpublishable"
 # Failures retried like a timeout, whatever the step's `retry_on` says.
 RETRIED_ALWAYS = frozenset({OUTCOME_UNKNOWN, DEADLINE_EXCEEDED})
 

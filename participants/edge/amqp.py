@@ -95,6 +95,20 @@ def unpack(raw: bytes) -> list[Envelope]:
     return _envelopes.decode(raw)
 
 
+def unpublishable(exc: BaseException) -> str | None:
+    """Why a publish that raised `exc` can never succeed, or None if trying again may.
+
+    The client refuses a message before sending it (ValueError: a routing
+    key over AMQP's 255 bytes, a header it cannot encode), or the broker
+    refuses it for what it is (PRECONDITION_FAILED: larger than its
+    max_message_size); an outbox that could not even be read is the same.
+    A nack, a closed channel or a lost connection may pass.
+    """
+    if isinstance(exc, ValueError | TypeError | OverflowError | msgspec.DecodeError | ChannelPreconditionFailed):
+        return clip(f"{type(exc).__name__}: {exc}")
+    return None
+
+
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """How often the broker delivered this message before (quorum queues count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)

@@ -129,6 +129,11 @@ class Metrics:
             LATE_BUCKETS,
             "saga_type",
         )
+        self.parked = counter(
+            "saga_parked_outboxes",
+            "Outboxes dropped because they can never be published (their saga is stuck with the reason).",
+            "saga_type",
+        )
         self.outbox_backlog = gauge("saga_outbox_backlog", "Sagas whose latest messages the broker has not confirmed.")
         self.deadline_lag = gauge(
             "saga_deadline_lag_seconds", "Age of the oldest deadline that is due and not yet fired (0: none)."
@@ -258,6 +263,13 @@ def breaker(key: str, state: str) -> None:
     m = current
     if m is not None:
         m.breakers(key, state).inc()
+
+
+def parked(saga_type: str) -> None:
+    """An outbox that can never be published was dropped, its saga told why."""
+    m = current
+    if m is not None:
+        m.parked(saga_type).inc()
 
 
 def unchanged(event: Event, decision: Decision) -> None:

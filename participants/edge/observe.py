@@ -33,6 +33,7 @@ consuming = tracing.consuming
 consumed = tracing.consumed
 dead_lettered = metrics.dead_lettered
 unchanged = metrics.unchanged
+parked = metrics.parked
 duplicate = metrics.duplicate
 poll = metrics.poll
 breaker = metrics.breaker
