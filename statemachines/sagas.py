@@ -1,5 +1,9 @@
 """The sagas that ship with the project: an order and a trip booking.
 
+The order checks for fraud above 1000.00 (a guarded step) and pays through
+a backup processor when the first is down (a fallback behind a circuit
+breaker); the trip books its flight, hotel and car at once (a Parallel).
+
 The orchestrator runs these when `--sagas` is not given; the example
 participants in `participants.examples` answer their commands.
 """
@@ -10,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 
-from statemachines.dsl import Retry, Saga, Step
+from statemachines.dsl import CircuitBreaker, Parallel, Retry, Saga, Step
 
 # The data types say what a start may carry; one that does not fit is refused
 # with the reason before any participant sees it (a negative amount would
@@ -49,10 +53,16 @@ class TripData(msgspec.Struct):
 # participant being briefly unable to answer is worth another attempt.
 TRANSIENT = ("unavailable",)
 
+PAYMENT = ("order_id", "customer_id", "amount", "fail_at")
+
 order = Saga(
     "order",
-    version=1,
+    # 2: the fraud check and the backup payment.
+    version=2,
     data=OrderData,
+    # Five timeouts or `unavailable` within 30 s and payment is not tried for
+    # a minute: orders go straight to the backup processor instead.
+    breakers={"payment": CircuitBreaker(failures=5, window=30, cool_down=60)},
     steps=[
         Step(
             "reserve_inventory",
@@ -64,13 +74,31 @@ order = Saga(
             retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
         ),
         Step(
+            "check_fraud",
+            participant="fraud",
+            command="check_fraud",
+            when="amount > 100000",
+            payload=PAYMENT,
+            timeout=10.0,
+            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        ),
+        Step(
             "charge_payment",
             participant="payment",
             command="charge",
             compensation="refund",
-            payload=("order_id", "customer_id", "amount", "fail_at"),
+            payload=PAYMENT,
             timeout=10.0,
             retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+            fallback=Step(
+                "charge_backup",
+                participant="backup_payment",
+                command="charge",
+                compensation="refund",
+                payload=PAYMENT,
+                timeout=10.0,
+                retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+            ),
         ),
         Step(
             "create_shipment",
@@ -84,37 +112,45 @@ order = Saga(
     ],
 )
 
+BOOKING = ("trip_id", "customer_id", "destination", "nights", "fail_at")
+
 trip = Saga(
     "trip",
-    version=1,
+    # 2: the bookings go out at once.
+    version=2,
     data=TripData,
     steps=[
-        Step(
-            "book_flight",
-            participant="flight",
-            command="book_flight",
-            compensation="cancel_flight",
-            payload=("trip_id", "customer_id", "destination", "fail_at"),
-            timeout=10.0,
-            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
-        ),
-        Step(
-            "book_hotel",
-            participant="hotel",
-            command="book_hotel",
-            compensation="cancel_hotel",
-            payload=("trip_id", "customer_id", "destination", "nights", "fail_at"),
-            timeout=10.0,
-            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
-        ),
-        Step(
-            "rent_car",
-            participant="car",
-            command="rent_car",
-            compensation="return_car",
-            payload=("trip_id", "customer_id", "destination", "nights", "fail_at"),
-            timeout=10.0,
-            retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+        Parallel(
+            "book",
+            [
+                Step(
+                    "book_flight",
+                    participant="flight",
+                    command="book_flight",
+                    compensation="cancel_flight",
+                    payload=("trip_id", "customer_id", "destination", "fail_at"),
+                    timeout=10.0,
+                    retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+                ),
+                Step(
+                    "book_hotel",
+                    participant="hotel",
+                    command="book_hotel",
+                    compensation="cancel_hotel",
+                    payload=BOOKING,
+                    timeout=10.0,
+                    retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+                ),
+                Step(
+                    "rent_car",
+                    participant="car",
+                    command="rent_car",
+                    compensation="return_car",
+                    payload=BOOKING,
+                    timeout=10.0,
+                    retry=Retry(3, backoff=0.2, retry_on=TRANSIENT),
+                ),
+            ],
         ),
     ],
 )

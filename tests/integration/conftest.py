@@ -129,7 +129,7 @@ async def cleanup(settings: Settings) -> AsyncIterator[set[str]]:
 
 
 async def remove_namespace(settings: Settings, participants: set[str]) -> None:
-    await drop(settings, participants | {s.participant for saga in SAGAS for s in saga.steps})
+    await drop(settings, participants | {participant for saga in SAGAS for participant in saga.participants})
 
 
 def example_workers() -> list[Worker]:

@@ -73,7 +73,7 @@ def test_the_channels_are_the_names_and_arguments_the_code_declares() -> None:
         "vhost": "/",
     }
     assert amqp["events"]["exchange"]["type"] == amqp["dead"]["exchange"]["type"] == "topic"
-    for participant in ("inventory", "payment", "shipping", "flight", "hotel", "car"):
+    for participant in ("inventory", "payment", "backup_payment", "fraud", "shipping", "flight", "hotel", "car"):
         binding = amqp[f"participant.{participant}"]
         assert binding["queue"]["name"] == NAMES.participant_queue(participant)
         assert binding["x-queue-arguments"] == NAMES.queue_arguments()
@@ -82,6 +82,8 @@ def test_the_channels_are_the_names_and_arguments_the_code_declares() -> None:
     assert set(channels["commands"]["parameters"]["participant"]["enum"]) == {
         "inventory",
         "payment",
+        "backup_payment",
+        "fraud",
         "shipping",
         "flight",
         "hotel",
@@ -117,5 +119,7 @@ def test_a_participants_document_is_its_side_only() -> None:
 
 
 def test_an_unknown_participant_is_refused_in_a_sentence() -> None:
-    with pytest.raises(ValueError, match="no loaded saga sends commands to participant 'nobody'; known: car"):
+    with pytest.raises(
+        ValueError, match="no loaded saga sends commands to participant 'nobody'; known: backup_payment, car"
+    ):
         document(NAMES, SAGAS, participant="nobody")

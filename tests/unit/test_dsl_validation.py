@@ -288,6 +288,7 @@ def test_the_shipped_order_saga_compiles() -> None:
         "new",
         "reserve_inventory",
         "compensating_reserve_inventory",
+        "check_fraud",
         "charge_payment",
         "compensating_charge_payment",
         "create_shipment",
@@ -295,6 +296,6 @@ def test_the_shipped_order_saga_compiles() -> None:
         "compensated",
         "stuck",
     }
-    assert machine.step_states["compensating_charge_payment"] == (1, "compensate")
+    assert machine.step_states["compensating_charge_payment"] == (2, "compensate")
     assert machine.status_of["create_shipment"] == "running"
     assert machine.status_of["compensating_reserve_inventory"] == "compensating"

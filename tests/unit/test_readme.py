@@ -34,7 +34,8 @@ def test_the_readme_saga_declaration_runs() -> None:
 
 def test_the_readme_mermaid_block_is_the_real_output() -> None:
     from statemachines import graph
-    from statemachines.sagas import order
+    from statemachines.sagas import order, trip
 
-    [block] = _blocks("mermaid")
-    assert block == graph.mermaid(order), "paste the output of `saga graph order` into the README"
+    shop, travel = _blocks("mermaid")
+    assert shop == graph.mermaid(order), "paste the output of `saga graph order` into the README"
+    assert travel == graph.mermaid(trip), "paste the output of `saga graph trip` into the README"
