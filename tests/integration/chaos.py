@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from orchestrator.client import SagaClient
 from orchestrator.store import RedisStore
 from orchestrator.tools.fleet import EXAMPLES, Fleet
-from participants.examples import bookings, inventory, payment, shipping
+from participants.examples import backup_payment, bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
 from statemachines.messages import FINAL, OUTCOME_UNKNOWN, TERMINAL
 from statemachines.names import Names
@@ -47,6 +47,7 @@ TRUCKS = 1_000_000_000  # participants/examples/shipping.py seeds this many
 STOCKS: dict[str, Stock] = {
     "inventory": inventory.stock,
     "payment": payment.credit,
+    "backup_payment": backup_payment.credit,
     "shipping": shipping.shipments,
     "flight": Stock("flight", "seats"),
     "hotel": Stock("hotel", "rooms"),
@@ -55,6 +56,7 @@ STOCKS: dict[str, Stock] = {
 STEP_PARTICIPANT = {
     "reserve_inventory": "inventory",
     "charge_payment": "payment",
+    "charge_backup": "backup_payment",
     "create_shipment": "shipping",
     "book_flight": "flight",
     "book_hotel": "hotel",
@@ -65,7 +67,7 @@ STEP_PARTICIPANT = {
 def initial_level(participant: str, field: str) -> int:
     if participant == "inventory":
         return inventory.CATALOGUE[field]
-    if participant == "payment":
+    if participant in ("payment", "backup_payment"):
         return payment.CREDIT_LIMIT
     if participant == "shipping":
         return TRUCKS
@@ -96,7 +98,7 @@ class Planned:
             for item in data["items"]:
                 wanted[item["sku"]] += item["qty"]
             return dict(wanted)
-        if step == "charge_payment":
+        if step in ("charge_payment", "charge_backup"):
             return {data["customer_id"]: data["amount"]}
         if step == "create_shipment":
             return {"trucks": 1}
@@ -110,6 +112,9 @@ def plan(rng: random.Random, orders: int, trips: int, prefix: str = "") -> list[
     out = []
     for n in range(orders):
         fail_at = [rng.choice(ORDER_STEPS)] if rng.random() < FAIL_RATE else []
+        if fail_at == ["charge_payment"]:
+            # Payment's breaker may send the charge to the backup processor: it refuses too.
+            fail_at.append("charge_backup")
         items = [{"sku": rng.choice(SKUS), "qty": rng.randint(1, 5)} for _ in range(rng.randint(1, 3))]
         data = {
             "order_id": f"{prefix}o-{n}",
@@ -316,7 +321,7 @@ async def audit(
     names: Names,
     sagas: Sequence[Planned],
     ended: Mapping[str, str],
-    parallel: frozenset[str] = frozenset(),
+    parallel: frozenset[str] = frozenset({"trip"}),
 ) -> Audit:
     """`parallel`: saga types whose steps run at once (a compensated one may have taken any but the failing step)."""
     result = Audit(dict(ended))
@@ -345,6 +350,9 @@ async def audit(
         fail_at = saga.data["fail_at"]
         failing = saga.steps.index(fail_at[0]) if fail_at else len(saga.steps)
         for index, step in enumerate(saga.steps):
+            if step == "charge_payment":
+                _audit_charge(saga, status, index, failing, taken, returned, owed, keys, result)
+                continue
             participant = STEP_PARTICIPANT[step]
             key = f"{saga.saga_id}:{step}"
             keys.add(key)
@@ -401,6 +409,42 @@ async def audit(
         ]
         result.applied_twice += [f"{participant} ran {f} {n} more time(s) after it was done" for f, n in twice.items()]
     return result
+
+
+def _audit_charge(
+    saga: Planned,
+    status: str,
+    index: int,
+    failing: int,
+    taken: Mapping[str, Mapping[str, dict[str, int]]],
+    returned: Mapping[str, Iterable[str]],
+    owed: Mapping[str, Counter[str]],
+    keys: set[str],
+    result: Audit,
+) -> None:
+    """An order's charge: by payment, or by backup_payment when payment gave up or its breaker was open."""
+    held: dict[str, tuple[dict[str, int] | None, bool]] = {}
+    for step in ("charge_payment", "charge_backup"):
+        participant = STEP_PARTICIPANT[step]
+        key = f"{saga.saga_id}:{step}"
+        keys.add(key)
+        held[participant] = (taken[participant].get(key), key in returned[participant])
+    kept = [p for p, (entry, back) in held.items() if entry is not None and not back]
+    charged = [p for p, (entry, _) in held.items() if entry is not None]
+    wrong = [p for p, (entry, _) in held.items() if entry is not None and entry != saga.takes("charge_payment")]
+    if status == "completed":
+        ok = len(kept) == 1 and not wrong
+        if ok:
+            owed[kept[0]].update(saga.takes("charge_payment"))
+        want = "one charge kept, by payment or backup_payment"
+    elif status == "compensated" and index < failing:
+        ok, want = bool(charged) and not kept and not wrong, "charged and refunded"
+    elif status == "compensated":
+        ok, want = not charged, "never charged"  # a marker that refuses a late charge is fine
+    else:
+        return
+    if not ok:
+        result.inconsistent.append(f"{saga.saga_id} {status}: the charge is {held}, expected {want}")
 
 
 async def _texts(redis: Redis, key: str) -> dict[str, str]:

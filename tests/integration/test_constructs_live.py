@@ -338,7 +338,7 @@ async def test_a_signal_that_comes_too_early_is_refused_and_replayed_once_the_sa
     settings: Settings, books: Books
 ) -> None:
     # The debit takes a moment, so the bank's webhook overtakes the saga.
-    workers = [desk(books, "la_bank", slow=1.0), desk(books, "la_recall"), desk(books, "la_ledger")]
+    workers = [desk(books, "la_bank", slow=4.0), desk(books, "la_recall"), desk(books, "la_ledger")]
     async with running(settings, sagas=[waiting], workers=workers) as stack:
         saga_id = f"tx-{uuid.uuid4().hex[:6]}"
         await stack.client.start("live_transfer", {}, saga_id=saga_id)

@@ -73,7 +73,8 @@ async def test_order_failure_compensates_exactly_the_completed_steps(stack: Stac
     assert charged == refunded, "the ledger is balanced"
     assert charged == (4200 if failing == "create_shipment" else 0)
     history = await stack.orchestrators[0].engine.store.history(outcome.saga_id)  # type: ignore[union-attr]
-    compensated = [h.dest.removeprefix("compensating_") for h in history if h.dest.startswith("compensating_")]
+    # The compensations that went out as commands (a failed step's own group state undoes nothing).
+    compensated = [h.step for h in history if h.action == "compensate" and h.attempt >= 1 and h.event == "succeeded"]
     completed = ORDER_STEPS[: ORDER_STEPS.index(failing)]
     assert compensated == list(reversed(completed))
 
@@ -90,18 +91,20 @@ async def test_trip_failure_cancels_the_bookings_made(stack: Stack, failing: str
         key = f"{outcome.saga_id}:{step}"
         booked = key in await capacity.taken(redis, stack.names)
         cancelled = key in await capacity.returned(redis, stack.names)
-        if TRIP_STEPS.index(step) < TRIP_STEPS.index(failing):
-            assert booked and cancelled, f"{step} was booked, so it is cancelled"
+        # The bookings go out at once: all but the failing one may have been made, and each made is cancelled.
+        if step == failing:
+            assert not booked, f"{step} was refused"
         else:
-            assert not booked, f"{step} never happened"
+            assert cancelled or not booked, f"{step} was booked, so it is cancelled"
 
 
 async def test_realistic_refusals_compensate(stack: Stack) -> None:
     out_of_stock = await stack.run("order", order(items=[{"sku": "sku-rare", "qty": 50}]))
     assert out_of_stock.status == "compensated"
     assert out_of_stock.error is not None and out_of_stock.error.code == "out_of_stock"
+    # Above the fraud check's limit: refused before any charge is tried.
     declined = await stack.run("order", order(amount=10**12))
-    assert declined.error is not None and declined.error.code == "card_declined"
+    assert declined.error is not None and declined.error.code == "fraud_suspected"
     assert await ledger(stack, declined.saga_id) == (0, 0)
     no_room = await stack.run("trip", trip(destination="atlantis"))
     assert no_room.status == "compensated" and no_room.error is not None
