@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
+from redis.asyncio import Redis
 
 from orchestrator.admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from orchestrator.engine import Engine
@@ -67,23 +68,16 @@ class Orchestrator:
         self.leases: Leases | None = None
         self.signals: Signals | None = None
         self.admission: Admission | None = None
+        self._redis: Redis | None = None
 
     async def start(self) -> None:
         names = self.names
-        redis = await connect_redis(self.settings.redis_url)
+        self._redis = redis = await connect_redis(self.settings.redis_url)
         settings = self.settings
         store = RedisStore(redis, names, settings.retention_seconds, settings.redis_replicas, settings.redis_wait_ms)
-        try:
-            await store.connect()
-            await store.check_layout()
-        except Exception:
-            await redis.aclose()
-            raise
-        try:
-            self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
-        except Exception:
-            await redis.aclose()
-            raise
+        await store.connect()
+        await store.check_layout()
+        self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
         queues = [names.start_queue, names.reply_queue, names.signals_queue]
         for queue in queues:
             await broker.declare_queue(queue)
@@ -119,7 +113,33 @@ class Orchestrator:
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
-        await serve(self.start, self.close, self._stopping)
+        settings = self.settings
+        await serve(
+            self.start,
+            self.close,
+            self._stopping,
+            abandon=self._abandon,
+            startup_wait=settings.startup_wait_seconds,
+            amqp_url=settings.amqp_url,
+        )
+
+    async def _abandon(self) -> None:
+        """Close what a start that failed half-way opened, so that the next try starts clean."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        broker, redis = self.broker, self._redis
+        self.broker = self._redis = self.engine = None
+        self.admission = self.starts = self.signals = self.leases = self.refusals = None
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.connection.close()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
 
     def stop(self) -> None:
         self._stopping.set()

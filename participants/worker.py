@@ -158,11 +158,7 @@ class Worker:
         self.replicas, self.wait_ms = settings.redis_replicas, settings.redis_wait_ms
         self.redis = await connect_redis(settings.redis_url)
         await self._scripts.load(self.redis)
-        try:
-            self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes)
-        except Exception:
-            await self.redis.aclose()
-            raise
+        self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes)
         self.broker.on_dead_letter = self._dead_lettered
         queue = await self.broker.declare_participant(self.name)
         await self.redis.sadd(names.queues_key, queue.name)
@@ -173,7 +169,25 @@ class Worker:
 
     async def run(self, settings: Settings) -> None:
         """Serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
-        await serve(lambda: self.start(settings), self.close, self._stopping)
+        await serve(
+            lambda: self.start(settings),
+            self.close,
+            self._stopping,
+            abandon=self._abandon,
+            startup_wait=settings.startup_wait_seconds,
+            amqp_url=settings.amqp_url,
+        )
+
+    async def _abandon(self) -> None:
+        """Close what a start that failed half-way opened, so that the next try starts clean."""
+        broker, redis = self.broker, self.redis
+        self.broker = self.redis = None
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.connection.close()
+        if redis is not None:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -140,7 +140,13 @@ class Broker:
     @classmethod
     async def open(cls, url: str, names: Names, max_message_bytes: int = MiB) -> Broker:
         broker = cls(await connect_amqp(url), names, max_message_bytes)
-        await broker._declare_exchanges()
+        try:
+            await broker._declare_exchanges()
+        except BaseException:
+            # A robust connection left open would go on reconnecting behind the caller's back.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broker.connection.close(), 5.0)
+            raise
         return broker
 
     async def _declare_exchanges(self) -> None:

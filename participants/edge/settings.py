@@ -30,6 +30,8 @@ class Settings:
     # this many replicas have it (Redis WAIT), waiting at most redis_wait_ms each time; 0: at once.
     redis_replicas: int = 0
     redis_wait_ms: int = 1000
+    # How long a starting process waits for RabbitMQ and Redis before it gives up (exit 3).
+    startup_wait_seconds: int = 60
 
     @property
     def names(self) -> Names:
@@ -45,7 +47,8 @@ class Settings:
         """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults.
 
         `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits;
-        `SAGA_REDIS_REPLICAS` and `SAGA_REDIS_WAIT_MS` how a commit waits for replicas.
+        `SAGA_REDIS_REPLICAS` and `SAGA_REDIS_WAIT_MS` how a commit waits for replicas;
+        `SAGA_STARTUP_WAIT_SECONDS` how long a starting process waits for the services.
         """
         namespace = namespace or os.environ.get("SAGA_NAMESPACE") or DEFAULT_NAMESPACE
         # It prefixes every queue and key: bounded, like every name that becomes one.
@@ -64,6 +67,7 @@ class Settings:
             retention_seconds=_positive("SAGA_RETENTION_SECONDS", 7 * 24 * 3600),
             redis_replicas=_positive("SAGA_REDIS_REPLICAS", 0, least=0),
             redis_wait_ms=_positive("SAGA_REDIS_WAIT_MS", 1000),
+            startup_wait_seconds=_positive("SAGA_STARTUP_WAIT_SECONDS", 60, least=0),
         )
 
 
