@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 
@@ -33,13 +34,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="wait up to S seconds for a participant whose queue has no consumer before its step times out "
         "(default: $SAGA_HOLD_SECONDS or 0, off)",
     )
+    startup_flag(p)
     metrics_flags(p)
 
     p = command(
         sub, "participant", "run a participant worker, e.g. participants.examples.inventory:worker", run_participant
     )
     p.add_argument("target", metavar="MODULE:OBJECT")
+    startup_flag(p)
     metrics_flags(p)
+
+
+def startup_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--startup-wait",
+        type=int,
+        default=None,
+        metavar="S",
+        help="wait up to S seconds for RabbitMQ and Redis at start-up, then exit 3 "
+        "(default: $SAGA_STARTUP_WAIT_SECONDS or 60; 0: one try)",
+    )
+
+
+def _with_startup_wait(args: argparse.Namespace, settings: Settings) -> Settings:
+    if args.startup_wait is None:
+        return settings
+    if args.startup_wait < 0:
+        raise UsageError("--startup-wait must be a whole number of seconds, 0 or more")
+    return dataclasses.replace(settings, startup_wait_seconds=args.startup_wait)
 
 
 async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
@@ -62,6 +84,7 @@ async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
     if not 0 <= hold < float("inf"):
         raise UsageError("--hold-seconds (or SAGA_HOLD_SECONDS) must be a number of seconds, 0 or more")
     tuning = Tuning(prefetch=args.prefetch, tick=args.tick, max_in_flight=limit, hold_seconds=hold)
+    settings = _with_startup_wait(args, settings)
     serve_metrics(args)
     await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()
     return EXIT_OK
@@ -77,6 +100,7 @@ async def run_participant(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot load participant {args.target!r}: {exc}") from None
     if not isinstance(worker, Worker):
         raise UsageError(f"{args.target!r} is not a participants.worker.Worker")
+    settings = _with_startup_wait(args, settings)
     serve_metrics(args)
     await worker.run(settings)
     return EXIT_OK

@@ -134,11 +134,12 @@ def _closed_port() -> int:
 
 
 async def test_a_broker_away_for_the_whole_wait_gives_the_sentence_and_exit_code_3(settings: Settings) -> None:
-    for args in (["orchestrator"], list(WORKER)):
+    # The setting, and the flag that wins over it.
+    for args, wait in ((["orchestrator"], "2"), ([*WORKER, "--startup-wait", "2"], "600")):
         env = {
             **saga_env(settings),
             "SAGA_AMQP_URL": _via(settings.amqp_url, _closed_port()),
-            "SAGA_STARTUP_WAIT_SECONDS": "2",
+            "SAGA_STARTUP_WAIT_SECONDS": wait,
         }
         process = await asyncio.create_subprocess_exec(
             *saga_command(*args), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
