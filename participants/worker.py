@@ -262,7 +262,8 @@ class Worker:
             if late > 0:
                 # The orchestrator has stopped waiting: not starting is the one answer that leaves no doubt.
                 why = f"arrived {late:.3f}s past its deadline; not started"
-                return self._reply(command, ErrorInfo(DEADLINE_EXCEEDED, why)), {}
+                # `begin` marked the step started: put back what was known before, or that nothing happened.
+                return self._reply(command, ErrorInfo(DEADLINE_EXCEEDED, why)), {"do": record.get("do") or "failure"}
             outcome = await self._call(command)
             if isinstance(outcome, ErrorInfo):
                 # A Failure means nothing happened; a crashing handler may have done part of its work.

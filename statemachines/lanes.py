@@ -70,6 +70,8 @@ class Lane(msgspec.Struct, kw_only=True):
     awaiting: str | None = None
     waiting: Literal["reply", "backoff"] | None = None
     due_at: float | None = None
+    # When its awaited command went out: the step's latency is measured from it.
+    sent_at: float | None = None
     maybe_applied: bool = False
     state: LaneState = "pending"
     # Steps that succeeded or may have applied, in the order they did: compensation pops it.
@@ -255,6 +257,7 @@ def _emit(run: Run, node: Node, lane: Lane, attempt: int) -> None:
     assert command is not None
     lane.awaiting = run.message_id()
     lane.waiting = "reply"
+    lane.sent_at = run.now
     lane.due_at = run.now + step.timeout
     run.commands.append(
         Command(

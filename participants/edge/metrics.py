@@ -17,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from statemachines.messages import TERMINAL
+from statemachines.messages import TERMINAL, Reply
 from statemachines.names import BUCKETS, Names
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from statemachines.decide import Decision, Event
     from statemachines.instance import SagaInstance
-    from statemachines.messages import Command, Reply
+    from statemachines.lanes import Lane
+    from statemachines.messages import Command
 
 log = logging.getLogger("saga.metrics")
 
@@ -235,7 +236,11 @@ def committed(old: SagaInstance | None, event: Event, decision: Decision) -> Non
     saga_type = new.saga_type
     entry = decision.history[0]
     trigger = entry.event
-    if old is not None and old.step is not None:
+    lane = _lane_awaiting(old, event)
+    if lane is not None:
+        if trigger in ("succeeded", "failed") and lane.sent_at is not None and lane.step is not None:
+            m.step(saga_type, lane.step, lane.action).observe(max(0.0, entry.at - lane.sent_at))
+    elif old is not None and old.step is not None:
         if trigger in ("succeeded", "failed") and old.waiting == "reply":
             m.step(saga_type, old.step, old.action).observe(max(0.0, entry.at - old.updated_at))
         elif trigger == "timed_out":
@@ -256,6 +261,13 @@ def committed(old: SagaInstance | None, event: Event, decision: Decision) -> Non
         elif status in TERMINAL:
             m.finished(saga_type, status).inc()
             m.duration(saga_type, status).observe(max(0.0, new.updated_at - new.created_at))
+
+
+def _lane_awaiting(old: SagaInstance | None, event: Event) -> Lane | None:
+    """The branch or item of a group that `event` (a reply) answers, if the saga is in a group."""
+    if old is None or not isinstance(event, Reply) or not old.groups:
+        return None
+    return next((lane for lane in old.groups.get(old.step or "", ()) if lane.awaiting == event.in_reply_to), None)
 
 
 def breaker(key: str, state: str) -> None:

@@ -101,7 +101,7 @@ def test_start_wait_prints_the_outcome_and_exits_by_it(settings: Settings, every
 
     shown = saga(settings, "show", "cli-1")
     assert shown.returncode == 0
-    for text in ("status    completed", "reserve_inventory -> charge_payment", "history"):
+    for text in ("status    completed", "reserve_inventory -> check_fraud", "history"):
         assert text in shown.stdout
     doc = json.loads(saga(settings, "show", "cli-1", "--json").stdout)
     assert doc["status"] == "completed" and [h["event"] for h in doc["history"]].count("start") == 1

@@ -108,7 +108,8 @@ async def test_realistic_refusals_compensate(stack: Stack) -> None:
     assert await ledger(stack, declined.saga_id) == (0, 0)
     no_room = await stack.run("trip", trip(destination="atlantis"))
     assert no_room.status == "compensated" and no_room.error is not None
-    assert no_room.error.code == "no_seat"
+    # The three bookings go out at once: whichever refusal is applied first is the saga's error.
+    assert no_room.error.code in ("no_seat", "no_room", "no_car")
 
 
 async def test_starting_the_same_id_twice_starts_one_saga(stack: Stack) -> None:

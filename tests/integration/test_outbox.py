@@ -26,7 +26,8 @@ from tests.integration.test_end_to_end import ledger, order, stock_levels
 
 ORDER_PATH = [
     ("start", "new", "reserve_inventory"),
-    ("succeeded", "reserve_inventory", "charge_payment"),
+    ("succeeded", "reserve_inventory", "check_fraud"),
+    ("succeeded", "check_fraud", "charge_payment"),
     ("succeeded", "charge_payment", "create_shipment"),
     ("succeeded", "create_shipment", "completed"),
 ]
@@ -68,7 +69,7 @@ async def test_a_start_committed_but_never_published_is_swept_and_finishes(stack
     assert done.data["shipment_id"] == f"{saga_id}:create_shipment"
     assert engine.stats["outboxes_swept"] >= 1
     entries = await engine.store.history(saga_id)
-    assert [(h.event, h.source, h.dest) for h in transitions(entries)] == ORDER_PATH
+    assert [(h.event, h.source, h.dest) for h in transitions(entries) if h.source != h.dest] == ORDER_PATH
     assert await stock_levels(stack) == {"sku-1": before["sku-1"] - 2, "sku-2": before["sku-2"] - 1}
     assert await ledger(stack, saga_id) == (4200, 0)
     assert not await engine.store.redis.exists(stack.names.outbox_key(saga_id)), "the outbox is forgotten"
@@ -141,5 +142,5 @@ async def test_a_publish_that_failed_mid_saga_is_swept_and_the_saga_finishes(sta
     assert flaky.failed == 1 and engine.stats["publish_failures"] == 1
     assert engine.stats["outboxes_swept"] >= 1
     entries = await engine.store.history(outcome.saga_id)
-    assert [(h.event, h.source, h.dest) for h in transitions(entries)] == ORDER_PATH
+    assert [(h.event, h.source, h.dest) for h in transitions(entries) if h.source != h.dest] == ORDER_PATH
     assert await ledger(stack, outcome.saga_id) == (4200, 0), "charged once"
