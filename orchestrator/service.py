@@ -185,6 +185,10 @@ class Orchestrator:
             raise Rejected(str(exc), reply.saga_id) from None
         if decision.instance is None:
             raise Rejected(f"reply {reply.message_id} is for an unknown saga {reply.saga_id!r}", reply.saga_id)
+        if decision.reply_refusal is not None:
+            # Its saga's history says why; the dead letter tells the participant's author.
+            await self.engine.store.count("refused_replies")
+            raise Rejected(decision.reply_refusal, reply.saga_id)
 
     async def _heartbeats(self) -> None:
         assert self.leases is not None

@@ -19,7 +19,7 @@ from transitions import MachineError
 
 from statemachines import lanes
 from statemachines.compiler import CompiledSaga, compiled
-from statemachines.dsl import Await, Saga, lane_node
+from statemachines.dsl import Await, ForEach, ReplyDataError, Saga, lane_node
 from statemachines.instance import HistoryEntry, SagaInstance
 from statemachines.messages import (
     FINAL,
@@ -105,6 +105,9 @@ class Decision:
     breaker_results: list[tuple[str, bool]] = field(default_factory=list)
     # A signal was not applied: "not_waiting", "unknown_signal" or "finished".
     signal_refusal: str | None = None
+    # A reply was refused (its data may not be taken, it names another
+    # participant): the reason it is dead-lettered with.
+    reply_refusal: str | None = None
 
 
 def new_instance(saga: Saga, saga_id: str) -> SagaInstance:
@@ -212,6 +215,30 @@ def _refused_reply(inst: SagaInstance, refused: RefusedReply, now: float) -> Dec
     return decision
 
 
+def _refuse_reply(inst: SagaInstance, reply: Reply, why: str, now: float) -> Decision:
+    """A reply the saga may not take: the history says why, and it is dead-lettered like a malformed one."""
+    reason = f"reply from {reply.participant or 'a participant'} refused: {why}"
+    decision = _refused_reply(inst, RefusedReply(reason, reply.in_reply_to), now)
+    decision.reply_refusal = reason
+    return decision
+
+
+def _reply_problem(flow: CompiledSaga, reply: Reply, data: dict[str, Any]) -> str | None:
+    """Why the awaited `reply` may not be taken into `data` (None: it may)."""
+    try:
+        step = flow.saga.step(reply.step)
+    except KeyError:
+        return None
+    if reply.participant != step.participant:
+        return f"step {reply.step!r} is answered by {step.participant!r}, not by {reply.participant or 'no name'!r}"
+    if reply.outcome == "success":
+        try:
+            step.merge(data, reply.data)
+        except ReplyDataError as exc:
+            return exc.reason
+    return None
+
+
 def _unpublishable(flow: CompiledSaga, inst: SagaInstance, event: Unpublishable, now: float) -> Decision:
     """A running saga whose messages cannot be sent goes stuck with the reason; a finished one keeps a note."""
     why = f"its messages cannot be published: {event.reason}"
@@ -240,6 +267,15 @@ def _group_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: floa
         )
     node = flow.saga.node(inst.step or "")
     key = lane.key
+    if isinstance(node, ForEach):
+        base = lane.data
+    else:
+        # What other branches set is the clash check's to judge (CONFLICTING_RESULT).
+        others = {k for other in inst.groups.get(node.name, ()) if other is not lane for k in other.data}
+        base = {k: v for k, v in inst.data.items() if k not in others}
+    problem = _reply_problem(flow, reply, base)
+    if problem is not None:
+        return _refuse_reply(inst, reply, problem, now)
 
     def work(run: Run) -> None:
         found = next(x for x in run.inst.groups[node.name] if x.key == key)
@@ -280,11 +316,15 @@ def _apply_reply(flow: CompiledSaga, inst: SagaInstance, reply: Reply, now: floa
     if reply.in_reply_to != inst.awaiting or reply.step != inst.step or reply.action != inst.action:
         why = "duplicate or late" if inst.awaiting is None else f"the saga awaits {inst.awaiting}"
         return _unchanged(inst, now, "ignored_reply", f"{reply.outcome} reply to {reply.in_reply_to}: {why}")
+    problem = _reply_problem(flow, reply, inst.data)
+    if problem is not None:
+        return _refuse_reply(inst, reply, problem, now)
     if reply.outcome == "success":
         # A step that finally succeeded leaves no error behind; a compensation
         # keeps the error that made the saga compensate.
         error = None if inst.action == "do" else inst.error
-        inst = msgspec.structs.replace(inst, data={**inst.data, **reply.data}, error=error)
+        data = flow.saga.step(reply.step).merge(inst.data, reply.data)
+        inst = msgspec.structs.replace(inst, data=data, error=error)
         return _fire(flow, inst, "succeeded", now)
     error = reply.error or ErrorInfo("unknown")
     uncertain = inst.maybe_applied or (error.code == OUTCOME_UNKNOWN and inst.action == "do")

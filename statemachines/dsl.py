@@ -63,6 +63,14 @@ class SagaDefinitionError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+class ReplyDataError(ValueError):
+    """A reply's data may not be taken into the saga: `reason` says which key and why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class Retry:
     """How often a command is sent again, and how long to wait in between.
 
@@ -162,6 +170,7 @@ class Step:
         fallback: Step | None = None,
         breaker: CircuitBreaker | None = None,
         results: Sequence[str] | None = None,
+        returns: type[msgspec.Struct] | Sequence[str] | None = None,
         **unknown: Any,
     ) -> None:
         self.name = name
@@ -180,6 +189,12 @@ class Step:
         # The keys its reply may set: declared, two parallel branches that
         # set the same key are refused when the saga is declared.
         self.results = tuple(results) if isinstance(results, (list, tuple)) else results
+        # What its reply may set, overwriting the saga data: a Struct's fields
+        # (validated) or a list of keys. Undeclared, a reply may only add keys,
+        # so a participant cannot rewrite what the saga was started with.
+        self.returns: type[msgspec.Struct] | tuple[str, ...] | None = (
+            tuple(returns) if isinstance(returns, (list, tuple)) else returns  # type: ignore[assignment]
+        )
         self.unknown = unknown
         # Await's compensation is a step whose *command* undoes the wait.
         self.undo_by_command = False
@@ -267,7 +282,49 @@ class Step:
             not isinstance(self.results, tuple) or not all(isinstance(k, str) and k for k in self.results)
         ):
             found.append("results must be a list of data keys")
+        returns = self.returns
+        if returns is not None and not (
+            (isinstance(returns, type) and issubclass(returns, msgspec.Struct))
+            or (isinstance(returns, tuple) and returns and all(isinstance(k, str) and k for k in returns))
+        ):
+            found.append("returns must be a msgspec Struct or a list of data keys")
         return found
+
+    def returned_keys(self) -> tuple[str, ...] | None:
+        """The keys a reply may set (None: any new key, none overwritten)."""
+        if self.returns is None:
+            return None
+        if isinstance(self.returns, tuple):
+            return self.returns
+        return tuple(self.returns.__struct_fields__)
+
+    def merge(self, data: Mapping[str, Any], reply_data: Mapping[str, Any]) -> dict[str, Any]:
+        """The saga data once this step's reply data is taken; ReplyDataError if the reply may not set it.
+
+        Undeclared, a reply may add keys but not change one the data has. With
+        `returns`, it may set exactly the declared keys (a Struct's are validated).
+        """
+        declared = self.returned_keys()
+        if declared is None:
+            for key, value in reply_data.items():
+                if key in data and data[key] != value:
+                    raise ReplyDataError(
+                        f"step {self.name!r} may not change data key {key!r} (declare it in returns=[...])"
+                    )
+            return {**data, **reply_data}
+        extra = sorted(set(reply_data) - set(declared))
+        if extra:
+            raise ReplyDataError(f"step {self.name!r} returns only {list(declared)}, not {extra[0]!r}")
+        taken = dict(reply_data)
+        if isinstance(self.returns, type):
+            try:
+                valid = msgspec.to_builtins(msgspec.convert(taken, self.returns))
+            except msgspec.ValidationError as exc:
+                raise ReplyDataError(
+                    f"step {self.name!r}'s reply data does not fit {self.returns.__name__}: {exc}"
+                ) from None
+            taken = {key: valid[key] for key in taken}
+        return {**data, **taken}
 
     def __repr__(self) -> str:
         return f"Step({self.name!r}, participant={self.participant!r}, command={self.command!r})"
@@ -517,7 +574,8 @@ class Saga:
                         if after_pivot and step.compensable:
                             raise fail(f"a step after the pivot {pivot!r} cannot have a compensation", step.name)
                         for s in (step, step.fallback):
-                            keys.update(s.results or () if s is not None else ())
+                            if s is not None:
+                                keys.update(s.results or (), s.returned_keys() or ())
                     for key in sorted(keys):
                         other = claimed.setdefault(key, branch[0].name)
                         if other != branch[0].name:

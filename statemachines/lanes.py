@@ -364,16 +364,17 @@ def on_reply(run: Run, node: Node, lane: Lane, reply: Reply) -> None:
             return
         lane.applied.append(step.name)
         lane.maybe_applied = False
+        # decide checked the reply data may be taken (Step.merge) before it got here.
         if isinstance(node, ForEach):
-            lane.data = {**lane.data, **reply.data}
+            lane.data = step.merge(lane.data, reply.data)
         else:
             clash = _clash(run, node, lane, reply.data)
             if clash is not None:
                 _fail(run, lane, ErrorInfo(CONFLICTING_RESULT, clash))
                 settle(run, node)
                 return
-            lane.data = {**lane.data, **reply.data}
-            run.inst.data = {**run.inst.data, **reply.data}
+            run.inst.data = step.merge(run.inst.data, reply.data)
+            lane.data = {**lane.data, **{key: run.inst.data[key] for key in reply.data}}
         lane.position += 1
         _advance(run, node, lane)
         pump(run, node)

@@ -189,13 +189,17 @@ class Reply(msgspec.Struct, kw_only=True):
     ]
     data: Annotated[
         dict[str, Any],
-        msgspec.Meta(description="On success, merged into the saga data: later steps' payloads can use it."),
+        msgspec.Meta(
+            description="On success, merged into the saga data: later steps' payloads can use it. It may only "
+            "add keys, unless the step declares `returns`."
+        ),
     ] = {}
     error: Annotated[
         ErrorInfo | None, msgspec.Meta(description="Required when outcome is `failure`: why. null on success.")
     ] = None
     participant: Annotated[
-        str, msgspec.Meta(description="The participant's name, for logs and the saga's history.")
+        str,
+        msgspec.Meta(description="The participant's name: it must be the step's participant, or the reply is refused."),
     ] = ""
 
 

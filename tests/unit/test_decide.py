@@ -34,6 +34,7 @@ def shop(*, charge_payload: Any = charge_payload, **options: Any) -> Saga:
                 command="reserve_stock",
                 compensation="release_stock",
                 payload=["order_id", "items", "reservation_id"],
+                returns=["reservation_id", "amount"],  # a reservation may reprice the order
                 **common,
             ),
             Step(
