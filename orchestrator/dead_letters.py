@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from pamqp.commands import Basic
 
 from participants.edge.amqp import REASON, SAGA_ID
+from participants.edge.connections import connect_amqp
 from participants.edge.settings import Settings
 from statemachines.names import Names, id_problem
 
@@ -134,11 +135,16 @@ class Held:
 async def held(settings: Settings, limit: int) -> AsyncIterator[Held]:
     """Up to `limit` dead letters, held; those neither replayed nor purged go back to the queue after."""
     names = settings.names
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_amqp(settings.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        # Declared as the broker declares it (durable, no arguments), so that it need not exist yet.
-        queue = await channel.declare_queue(names.dead_queue, durable=True)
+        # As the broker declares it, so that it need not exist yet; one declared
+        # otherwise by an older version (classic) is used as it is.
+        try:
+            queue = await channel.declare_queue(names.dead_queue, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            channel = await connection.channel(publisher_confirms=True)
+            queue = await channel.declare_queue(names.dead_queue, durable=True, arguments=names.dead_queue_arguments())
         holding = Held(names, channel, queue)
         try:
             await holding.take(limit)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
-import aio_pika
-
-from participants.edge.connections import connect_redis
+from participants.edge.connections import connect_amqp, connect_redis
 from participants.edge.settings import Settings
 
 
@@ -25,7 +23,7 @@ async def drop(settings: Settings, participants: Iterable[str] = (), queues: Ite
         await redis.aclose()
     every = {names.start_queue, names.reply_queue, names.dead_queue, *queues, *declared}
     every |= {names.participant_queue(p) for p in participants}
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_amqp(settings.amqp_url)
     try:
         # A failed delete closes its channel, so each gets a channel of its own.
         for queue in sorted(every):

@@ -135,6 +135,10 @@ class Names:
     def named_reply_queue(self, reply_to: str) -> bool:
         return reply_to.startswith(self.reply_prefix) and len(reply_to) > len(self.reply_prefix)
 
+    def dead_queue_arguments(self) -> dict[str, Any]:
+        """The dead-letter queue is quorum too, so that a broker node's death loses no dead letter."""
+        return {"x-queue-type": "quorum"}
+
     def queue_arguments(self) -> dict[str, Any]:
         """Arguments for every work queue: quorum, bounded redelivery, dead-lettered."""
         return {

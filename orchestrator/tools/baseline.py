@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from participants.edge.connections import connect_redis
+from participants.edge.connections import connect_amqp, connect_redis
 from participants.edge.settings import Settings
 from statemachines.names import Names
 
@@ -39,7 +39,7 @@ def reply_queue(names: Names) -> str:
 
 async def respond(amqp_url: str, names: Names, prefetch: int = 256) -> None:
     """Answer every request on the request queue until SIGTERM."""
-    connection = await aio_pika.connect_robust(amqp_url)
+    connection = await connect_amqp(amqp_url)
     publisher = await connection.channel(publisher_confirms=True)
     consumer = await connection.channel()
     await consumer.set_qos(prefetch_count=prefetch)
@@ -76,7 +76,7 @@ async def ring(
 ) -> RingResult:
     """Run `units` units of ROUND_TRIPS round trips, `in_flight` at a time, against a running responder."""
     names = settings.names
-    connection = await aio_pika.connect_robust(settings.amqp_url)
+    connection = await connect_amqp(settings.amqp_url)
     redis = await connect_redis(settings.redis_url)
     try:
         publisher = await connection.channel(publisher_confirms=True)

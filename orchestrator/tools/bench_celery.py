@@ -20,10 +20,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
-
 from orchestrator.tools.fleet import Fleet
-from participants.edge.connections import connect_redis
+from participants.edge.connections import connect_amqp, connect_redis
 from participants.edge.settings import Settings
 
 WORKER = "celery"
@@ -107,7 +105,7 @@ async def drive(
 
 async def remove_exchange(settings: Settings) -> None:
     """The exchange Celery declared for its queue (the bench drops the queue with the others)."""
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_amqp(settings.amqp_url)
     try:
         channel = await connection.channel()
         with contextlib.suppress(Exception):

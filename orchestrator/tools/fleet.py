@@ -18,6 +18,7 @@ from typing import IO
 
 import aio_pika
 
+from participants.edge.connections import connect_amqp
 from participants.edge.settings import Settings
 
 EXAMPLES = ("inventory", "payment", "backup_payment", "fraud", "shipping", "flight", "hotel", "car")
@@ -73,7 +74,7 @@ class Fleet:
 
     async def ready(self, queues: Sequence[str], timeout: float = 30.0) -> None:
         """Wait until each queue has a consumer, or fail naming the processes that died."""
-        connection = await aio_pika.connect(self.settings.amqp_url)
+        connection = await connect_amqp(self.settings.amqp_url)
         try:
             deadline = asyncio.get_running_loop().time() + timeout
             waiting = list(queues)

@@ -160,7 +160,7 @@ class Broker:
         ):
             passive = not await self._declarable(functools.partial(_exchange, name=name, kind=kind))
             self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True, passive=passive)
-        dead = await self._declare(channel, names.dead_queue, {})
+        dead = await self._declare(channel, names.dead_queue, names.dead_queue_arguments())
         await dead.bind(names.dead_exchange, "#")
 
     async def _declarable(self, declare: Callable[[AbstractChannel], Awaitable[Any]]) -> bool:

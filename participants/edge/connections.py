@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -20,10 +21,13 @@ from yarl import URL
 
 from participants.edge.batching import FAILING_OVER, FAILOVER_PATIENCE
 from participants.edge.corking import Corked
+from participants.edge.settings import split_urls
 
 
 def redact(url: str) -> str:
     """The URL with its password replaced, fit for logs and error messages."""
+    if "," in url:
+        return ", ".join(redact(one) for one in split_urls(url))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -66,26 +70,60 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+class MultiHostConnection(aio_pika.RobustConnection):
+    """A robust connection over the nodes of a RabbitMQ cluster: each reconnect tries the next node.
+
+    aio-pika reads `self.url` once per connection attempt, so moving it
+    before each attempt after the first walks the nodes round and round
+    until one answers; channels, queues and consumers are then restored
+    on that node as on the old one (quorum queues live on all of them).
+    """
+
+    def __init__(self, urls: list[str], **kwargs: Any) -> None:
+        super().__init__(URL(urls[0]), **kwargs)
+        self.urls = [URL(u) for u in urls]
+        self._at = 0
+        self._attempts = 0
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        if self._attempts and len(self.urls) > 1:
+            self._at = (self._at + 1) % len(self.urls)
+            self.url = self.urls[self._at]
+        self._attempts += 1
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
 async def connect_amqp(url: str, connect_timeout: float = 5.0) -> AbstractRobustConnection:
-    """A robust connection: it reconnects and restores channels, queues and consumers."""
+    """A robust connection to the first node that answers; it reconnects to a surviving one.
+
+    `url` may list several nodes (see `split_urls`).
+    """
+    urls = split_urls(url)
     # aiormq logs a failed first connect at ERROR with a repr; the user gets
     # our sentence instead. Later reconnects still log.
     quiet = [logging.getLogger(name) for name in ("aiormq.connection", "aio_pika.robust_connection")]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.CRITICAL)
+    reason = "no URL given"
     try:
-        connection = aio_pika.RobustConnection(URL(url))
-        # aio-pika 10 keeps only the keyword arguments it knows by name and
-        # silently drops the rest, transport_factory among them; what is in
-        # kwargs reaches aiormq on the first connect and every reconnect.
-        connection.kwargs["transport_factory"] = Corked()
-        await connection.connect(timeout=connect_timeout)
-        return connection
-    except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
-        if "ACCESS_REFUSED" in str(exc):
-            raise AccessRefused.rabbitmq_login(url) from None
-        raise Unreachable.rabbitmq(url, _reason(exc)) from None
+        for first in range(len(urls)):
+            # A fresh connection per node: aio-pika fails fast on the first attempt.
+            connection = MultiHostConnection(urls[first:] + urls[:first])
+            # aio-pika 10 keeps only the keyword arguments it knows by name and
+            # silently drops the rest, transport_factory among them; what is in
+            # kwargs reaches aiormq on the first connect and every reconnect.
+            connection.kwargs["transport_factory"] = Corked()
+            try:
+                await connection.connect(timeout=connect_timeout)
+                return connection
+            except Exception as exc:  # aiormq raises a zoo of types for refused, DNS, auth, TLS
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if "ACCESS_REFUSED" in str(exc):
+                    raise AccessRefused.rabbitmq_login(urls[first]) from None
+                reason = _reason(exc)
+        raise Unreachable.rabbitmq(", ".join(urls) or url, reason)
     finally:
         for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)

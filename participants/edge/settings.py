@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from statemachines.names import DEFAULT_NAMESPACE, Names, name_problem
 
@@ -56,7 +56,7 @@ class Settings:
         if problem is not None:
             raise BadSetting(f"{problem} (--namespace or SAGA_NAMESPACE)")
         return cls(
-            amqp_url=_url(
+            amqp_url=_urls(
                 amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL, "--amqp-url or SAGA_AMQP_URL"
             ),
             redis_url=_url(
@@ -100,3 +100,42 @@ def _url(url: str, where: str) -> str:
     if not parts.scheme:
         raise BadSetting(f"the URL in {where} has no scheme (amqp://, redis://...)")
     return url
+
+
+def split_urls(value: str) -> list[str]:
+    """One URL per broker node, from `amqp://h1/,amqp://h2/` or `amqp://u:p@h1:5672,h2:5673/vhost`.
+
+    A comma-separated item without a scheme is one more host of the URL
+    before it, sharing its user, password, virtual host and query.
+    """
+    urls: list[str] = []
+    base = 0  # where the URL that the extra hosts extend sits
+    for raw in value.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if "://" in item or not urls:
+            base = len(urls)
+            urls.append(item)
+            continue
+        # An extra host: "h2:5673" or "h2:5673/vhost" (the path, if any, sits on the last host).
+        host, slash, rest = item.partition("/")
+        first = urlsplit(urls[-1])
+        userinfo = first.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{host}" if userinfo else host
+        path = f"/{rest}" if slash else first.path
+        urls.append(urlunsplit(first._replace(netloc=netloc, path=path)))
+        if slash:
+            # The virtual host written after the last host belongs to every host before it.
+            urls[base:] = [urlunsplit(urlsplit(u)._replace(path=path)) for u in urls[base:]]
+    return urls
+
+
+def _urls(value: str, where: str) -> str:
+    """Several broker URLs, each checked as `_url` checks one; the value is kept as given."""
+    urls = split_urls(value)
+    if not urls:
+        raise BadSetting(f"{where} is empty: give one or more URLs such as amqp://guest:guest@127.0.0.1:5672/")
+    for n, url in enumerate(urls, 1):
+        _url(url, where if len(urls) == 1 else f"{where} (number {n})")
+    return value

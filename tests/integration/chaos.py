@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 from redis.asyncio import Redis
 
 from orchestrator.client import SagaClient
 from orchestrator.store import RedisStore
 from orchestrator.tools.fleet import EXAMPLES, Fleet
+from participants.edge.connections import connect_amqp
 from participants.examples import backup_payment, bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
 from statemachines.messages import FINAL, OUTCOME_UNKNOWN, TERMINAL
@@ -251,7 +251,7 @@ async def when_part_ended(
 
 async def wait_until_drained(amqp_url: str, queues: Sequence[str], timeout: float = 30.0) -> bool:
     """Until no queue holds a ready message, three looks in a row; False on timeout."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_amqp(amqp_url)
     try:
         channel = await connection.channel()
         quiet = 0
@@ -269,7 +269,7 @@ async def wait_until_drained(amqp_url: str, queues: Sequence[str], timeout: floa
 
 async def dead_letters(amqp_url: str, names: Names) -> int:
     """How many messages the namespace's dead-letter queue holds."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_amqp(amqp_url)
     try:
         channel = await connection.channel()
         declared = await channel.declare_queue(names.dead_queue, passive=True)

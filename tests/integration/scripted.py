@@ -148,7 +148,7 @@ async def take_dead_letters(settings: Settings, count: int, timeout: float = 20.
     got: list[AbstractIncomingMessage] = []
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(names.dead_queue, durable=True)
+        queue = await channel.declare_queue(names.dead_queue, durable=True, arguments=names.dead_queue_arguments())
 
         async def take() -> bool:
             while (message := await queue.get(fail=False, no_ack=True)) is not None:

@@ -25,7 +25,9 @@ async def dead_letters(stack: Stack, count: int) -> list[Any]:
     got: list[Any] = []
     try:
         channel = await connection.channel()
-        queue = await channel.declare_queue(stack.names.dead_queue, durable=True)
+        queue = await channel.declare_queue(
+            stack.names.dead_queue, durable=True, arguments=stack.names.dead_queue_arguments()
+        )
 
         async def take() -> bool:
             while (message := await queue.get(fail=False, no_ack=True)) is not None:
