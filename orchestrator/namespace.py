@@ -32,7 +32,7 @@ async def drop(settings: Settings, participants: Iterable[str] = (), queues: Ite
                 await channel.queue_delete(queue)
             with contextlib.suppress(Exception):
                 await channel.close()
-        for exchange in (names.commands_exchange, names.events_exchange, names.dead_exchange):
+        for exchange in (names.commands_exchange, names.events_exchange, names.dead_exchange, names.replies_exchange):
             channel = await connection.channel()
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)

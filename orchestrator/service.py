@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
+from orchestrator.access import sender_problem
 from orchestrator.admission import DEFAULT_MAX_IN_FLIGHT, Admission
 from orchestrator.engine import Engine
 from orchestrator.leases import Leases
 from orchestrator.presence import Presence
-from orchestrator.refusals import Refusals, about
+from orchestrator.refusals import About, Refusals, about
 from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.signals import Signals
 from orchestrator.starts import Starts
@@ -51,6 +52,8 @@ class Tuning:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     # A reply due from a participant with no consumer is waited for this long before it times out (0: off).
     hold_seconds: float = 0.0
+    # A reply is taken only if its AMQP user-id (checked by the broker) is its participant's user.
+    authenticate_replies: bool = False
 
 
 class Orchestrator:
@@ -80,7 +83,9 @@ class Orchestrator:
         self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
         queues = [names.start_queue, names.reply_queue, names.signals_queue]
         for queue in queues:
-            await broker.declare_queue(queue)
+            # Participants reply through the replies exchange (see `Names.replies_exchange`).
+            bound = (names.replies_exchange, queue) if queue == names.reply_queue else None
+            await broker.declare_queue(queue, bound)
         for participant in sorted(self.registry.participants):
             queues.append((await broker.declare_participant(participant)).name)
         await redis.sadd(names.queues_key, *queues)
@@ -110,6 +115,8 @@ class Orchestrator:
         log.info(
             "orchestrator up: namespace %r, sagas %s", names.namespace, sorted({s.name for s in self.registry.sagas})
         )
+        if self.tuning.authenticate_replies:
+            log.info("replies are taken only from their participant's RabbitMQ user (--authenticate-replies)")
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT or `stop()`, then drain and close."""
@@ -179,6 +186,11 @@ class Orchestrator:
             reply = decode(Reply, message.body)
         except MalformedMessage as exc:
             raise await self.refusals.reply(about(message.body), str(exc)) from None
+        if self.tuning.authenticate_replies:
+            problem = sender_problem(self.names, reply.participant, message.user_id)
+            if problem is not None:
+                sender = About(saga_id=reply.saga_id, participant=reply.participant, in_reply_to=reply.in_reply_to)
+                raise await self.refusals.reply(sender, problem)
         try:
             decision = await self.engine.apply(reply.saga_id, reply)
         except UnknownSaga as exc:

@@ -329,6 +329,8 @@ class Worker:
                 raise RedisTimeoutError(f"{acked} of {self.replicas} replicas acknowledged within {self.wait_ms} ms")
         message_id = f"{command.message_id}/{self.name}"
         headers = observe.reply_headers()
+        # Through the replies exchange, which a least-privilege user may write to (not the default one).
+        exchange = self.names.replies_exchange if command.reply_to == self.names.reply_queue else ""
         await self.broker.publish(
-            [Envelope("", command.reply_to, body, message_id, command.saga_id, "Reply", None, headers)]
+            [Envelope(exchange, command.reply_to, body, message_id, command.saga_id, "Reply", None, headers)]
         )

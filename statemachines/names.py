@@ -104,6 +104,16 @@ class Names:
         return f"{self.namespace}.replies"
 
     @property
+    def replies_exchange(self) -> str:
+        """Where participants publish their replies, routing key the command's `reply_to` (the replies queue).
+
+        The default exchange reaches every queue, and RabbitMQ grants writing
+        to it as a whole (`amq.default`); a participant allowed to write only
+        here can reach no queue but the replies'.
+        """
+        return f"{self.namespace}.reply-exchange"
+
+    @property
     def commands_exchange(self) -> str:
         return f"{self.namespace}.commands"
 
@@ -126,6 +136,15 @@ class Names:
 
     def participant_queue(self, participant: str) -> str:
         return f"{self.namespace}.participant.{participant}"
+
+    # RabbitMQ users (`saga access`): a participant's replies carry its user as
+    # the AMQP user-id, which the broker checks against the connection's login.
+    def participant_user(self, participant: str) -> str:
+        return f"{self.namespace}.participant.{participant}"
+
+    @property
+    def orchestrator_user(self) -> str:
+        return f"{self.namespace}.orchestrator"
 
     @property
     def reply_prefix(self) -> str:

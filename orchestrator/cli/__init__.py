@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from orchestrator.cli import dead_letters, graph, operate, protocol, sagas, serve, signals, tools, watch, web
+from orchestrator.cli import access, dead_letters, graph, operate, protocol, sagas, serve, signals, tools, watch, web
 from orchestrator.cli.common import EXIT_ACCESS_REFUSED, EXIT_FAILED, EXIT_UNREACHABLE, UsageError
 from orchestrator.registry import UnknownSaga
 from orchestrator.store import LayoutMismatch
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - Windows
     from asyncio import run  # type: ignore[assignment]
 
 # In the order `saga --help` lists their commands.
-GROUPS = (serve, sagas, signals, watch, operate, dead_letters, graph, web, tools, protocol)
+GROUPS = (serve, sagas, signals, watch, operate, dead_letters, graph, web, access, tools, protocol)
 
 
 def build_parser() -> argparse.ArgumentParser:

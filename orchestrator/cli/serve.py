@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="wait up to S seconds for a participant whose queue has no consumer before its step times out "
         "(default: $SAGA_HOLD_SECONDS or 0, off)",
     )
+    p.add_argument(
+        "--authenticate-replies",
+        action="store_true",
+        default=None,
+        help="take a reply only if its AMQP user-id (which RabbitMQ checks) is its participant's user, "
+        "as `saga access` sets them up (default: $SAGA_AUTHENTICATE_REPLIES or off)",
+    )
     startup_flag(p)
     metrics_flags(p)
 
@@ -83,7 +90,19 @@ async def run_orchestrator(args: argparse.Namespace, settings: Settings) -> int:
             hold = -1.0
     if not 0 <= hold < float("inf"):
         raise UsageError("--hold-seconds (or SAGA_HOLD_SECONDS) must be a number of seconds, 0 or more")
-    tuning = Tuning(prefetch=args.prefetch, tick=args.tick, max_in_flight=limit, hold_seconds=hold)
+    authenticate = args.authenticate_replies
+    if authenticate is None:
+        raw = (os.environ.get("SAGA_AUTHENTICATE_REPLIES") or "0").strip().lower()
+        if raw not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+            raise UsageError("SAGA_AUTHENTICATE_REPLIES must be 1 or 0 (true/false, yes/no, on/off)")
+        authenticate = raw in ("1", "true", "yes", "on")
+    tuning = Tuning(
+        prefetch=args.prefetch,
+        tick=args.tick,
+        max_in_flight=limit,
+        hold_seconds=hold,
+        authenticate_replies=authenticate,
+    )
     settings = _with_startup_wait(args, settings)
     serve_metrics(args)
     await Orchestrator(settings, Registry.from_module(args.sagas), tuning).run()

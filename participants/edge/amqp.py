@@ -28,6 +28,7 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import (
     AMQPError,
+    ChannelAccessRefused,
     ChannelInvalidStateError,
     ChannelLockedResource,
     ChannelNotFoundEntity,
@@ -119,6 +120,24 @@ async def _exchange(channel: AbstractChannel, name: str, kind: ExchangeType) -> 
     await channel.declare_exchange(name, kind, durable=True)
 
 
+async def _bind(channel: AbstractChannel, queue: str, exchange: str, key: str) -> None:
+    declared = await channel.declare_queue(queue, passive=True)
+    await declared.bind(exchange, key)
+
+
+def login_user(connection: object) -> str | None:
+    """The user a connection logs in as (aiormq's PLAIN login: the URL's, or guest), None if not known here.
+
+    Set as every publish's AMQP user-id, which RabbitMQ checks against the
+    login: a reply cannot claim another user's, so the orchestrator can
+    tell who sent it (`--authenticate-replies`).
+    """
+    url = getattr(connection, "url", None)
+    if url is None or str(url.query.get("auth", "plain")).lower() != "plain":
+        return None  # EXTERNAL (a certificate): the broker knows the user, we do not
+    return str(url.user or "guest")
+
+
 class Broker:
     def __init__(self, connection: AbstractRobustConnection, names: Names, max_message_bytes: int = MiB) -> None:
         self.connection = connection
@@ -136,6 +155,7 @@ class Broker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._acks = Acks()
+        self.user_id = login_user(connection)
 
     @classmethod
     async def open(cls, url: str, names: Names, max_message_bytes: int = MiB) -> Broker:
@@ -154,6 +174,7 @@ class Broker:
         self._publisher = channel = await self.connection.channel(publisher_confirms=True)
         self._exchanges[""] = channel.default_exchange
         for name, kind in (
+            (names.replies_exchange, ExchangeType.DIRECT),
             (names.commands_exchange, ExchangeType.DIRECT),
             (names.events_exchange, ExchangeType.TOPIC),
             (names.dead_exchange, ExchangeType.TOPIC),
@@ -161,7 +182,7 @@ class Broker:
             passive = not await self._declarable(functools.partial(_exchange, name=name, kind=kind))
             self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True, passive=passive)
         dead = await self._declare(channel, names.dead_queue, names.dead_queue_arguments())
-        await dead.bind(names.dead_exchange, "#")
+        await self.bind(dead, names.dead_exchange, "#")
 
     async def _declarable(self, declare: Callable[[AbstractChannel], Awaitable[Any]]) -> bool:
         """Whether `declare` succeeds, tried on a channel of its own.
@@ -169,6 +190,8 @@ class Broker:
         Whoever declares a queue or an exchange first wins: one that exists
         with other arguments (a participant declared it its own way) is
         used as it is, with a warning, instead of stopping this process.
+        A user that may not declare it (a participant's least-privilege
+        user, see `saga access`) uses it as the orchestrator declared it.
         The broker closes the channel of a refused declare, hence the
         channel of its own.
         """
@@ -177,6 +200,9 @@ class Broker:
             await declare(channel)
         except ChannelPreconditionFailed as exc:
             log.warning("%s; using it as it is", exc.args[0] if exc.args else exc)
+            return False
+        except ChannelAccessRefused as exc:
+            log.info("%s; using it as it is", exc.args[0] if exc.args else exc)
             return False
         finally:
             with contextlib.suppress(Exception):
@@ -198,8 +224,13 @@ class Broker:
         """A durable quorum work queue, dead-lettered, optionally bound to an exchange."""
         queue = await self._declare(self.channel, name, self.names.queue_arguments())
         if bind_to is not None:
-            await queue.bind(bind_to[0], bind_to[1])
+            await self.bind(queue, *bind_to)
         return queue
+
+    async def bind(self, queue: AbstractQueue, exchange: str, key: str) -> None:
+        """Bind `queue`, unless this user may not: then the orchestrator's binding (or a definitions file's) serves."""
+        if await self._declarable(functools.partial(_bind, queue=queue.name, exchange=exchange, key=key)):
+            await queue.bind(exchange, key)
 
     async def declare_participant(self, participant: str) -> AbstractQueue:
         return await self.declare_queue(
@@ -321,6 +352,7 @@ class Broker:
             reply_to=envelope.reply_to,
             message_type=envelope.kind,
             headers=extra,
+            user_id=self.user_id,
         )
         # A nack from the broker raises aiormq's DeliveryError. wait=False:
         # the confirm, awaited here, comes after the write anyway; waiting for
