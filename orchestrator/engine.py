@@ -26,7 +26,7 @@ from orchestrator.breakers import Breakers, Seen
 from orchestrator.presence import Presence
 from orchestrator.registry import Registry
 from orchestrator.store import RedisStore
-from participants.edge import observe
+from participants.edge import observe, timing
 from participants.edge.amqp import Broker, Envelope, pack, unpack, unpublishable
 from statemachines.decide import Decision, Due, Event, Start, Unpublishable, decide
 from statemachines.dsl import CircuitBreaker, Saga, breaker_key, breaker_of
@@ -234,6 +234,7 @@ class Engine:
                 else:
                     written = await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox)
                 if written:
+                    timing.note(saga_id, "committed")
                     observe.committed(inst, event, decision)
                     await self._committed(decision, envelopes)
                     await self._count(decision, policies)

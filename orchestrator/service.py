@@ -25,7 +25,7 @@ from orchestrator.registry import Registry, UnknownSaga
 from orchestrator.signals import Signals
 from orchestrator.starts import Starts
 from orchestrator.store import RedisStore
-from participants.edge import observe
+from participants.edge import observe, timing
 from participants.edge.amqp import Broker, Rejected
 from participants.edge.connections import connect_redis
 from participants.edge.process import serve
@@ -107,6 +107,7 @@ class Orchestrator:
             asyncio.create_task(observe.poll(redis, names), name="metrics"),
         ]
         observe.serving(redis, names)
+        timing.begin(redis, names, timing.ORCHESTRATOR)
         broker.on_dead_letter = lambda queue, _: store.count(f"dead_letters:{queue}")
         # No more starts held waiting for room than the limit: the rest stay ready in the queue.
         await broker.consume(names.start_queue, self._on_start, min(self.tuning.prefetch, self.tuning.max_in_flight))
@@ -166,6 +167,7 @@ class Orchestrator:
         if self.leases is not None:
             with contextlib.suppress(Exception):  # Redis away: the leases run out on their own
                 await self.leases.release()
+        await timing.end()
         if self.engine is not None:
             await self.engine.close()
         if self.broker is not None:

@@ -45,7 +45,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from participants.edge import observe
+from participants.edge import observe, timing
 from participants.edge.amqp import Broker, Envelope
 from participants.edge.batching import batcher
 from participants.edge.clip import clip
@@ -164,6 +164,7 @@ class Worker:
         await self.redis.sadd(names.queues_key, queue.name)
         if self.on_start is not None:
             await self.on_start(self)
+        timing.begin(self.redis, names, self.name)
         await self.broker.consume(queue.name, self.handle, self.prefetch)
         log.info("participant %r up: queue %s, commands %s", self.name, queue.name, sorted(self.handlers))
 
@@ -193,6 +194,7 @@ class Worker:
         self._stopping.set()
 
     async def close(self) -> None:
+        await timing.end()
         if self.broker is not None:
             await self.broker.stop_consuming()
             await self.broker.close()

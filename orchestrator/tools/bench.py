@@ -31,10 +31,11 @@ from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from orchestrator.namespace import drop
 from orchestrator.store import RedisStore
-from orchestrator.tools import baseline, bench_celery
+from orchestrator.tools import baseline, bench_celery, budget
 from orchestrator.tools.cpu import listener_pid, process_cpu, redis_cpu, redis_memory, tree_cpu
 from orchestrator.tools.fleet import Fleet
 from orchestrator.tools.report import percentile, step_latencies, table
+from participants.edge import timing
 from participants.edge.connections import connect_amqp, connect_redis
 from participants.edge.settings import Settings
 from statemachines.messages import SagaEvent, StartSaga, decode, encode
@@ -87,6 +88,8 @@ class Run:
     statuses: dict[str, int] = field(default_factory=dict)
     saga_ids: list[str] = field(default_factory=list)
     redis_bytes: int = 0
+    # Under SAGA_TIMING: when each start was sent and each outcome taken (participants.edge.timing).
+    notes: list[str] | None = None
 
     @property
     def per_second(self) -> float:
@@ -154,8 +157,12 @@ async def drive_sagas(
     progress: Callable[[int], None],
     saga_type: str = "order",
     make_data: DataMaker = order_data,
+    timed: bool = False,
 ) -> Run:
-    """Publish `count` starts of `saga_type`, `in_flight` at a time; a saga ends when its final event arrives."""
+    """Publish `count` starts of `saga_type`, `in_flight` at a time; a saga ends when its final event arrives.
+
+    `timed`: note when each start is sent and each outcome taken, for the latency budget.
+    """
     names = settings.names
     rng = random.Random(seed)
     # Made before the first start: the same seed gives --against celery the same orders.
@@ -169,17 +176,20 @@ async def drive_sagas(
         for status in ("completed", "compensated", "stuck"):
             await events.bind(exchange, f"{saga_type}.*.{status}")
         waiting: dict[str, asyncio.Future[str]] = {}
+        notes: list[str] | None = [] if timed else None
 
         async def on_event(message: AbstractIncomingMessage) -> None:
             event = decode(SagaEvent, message.body)
             future = waiting.pop(event.saga_id, None)
             if future is not None and not future.done():
+                if notes is not None:
+                    notes.append(timing.stamp(event.saga_id, timing.CLIENT, "done"))
                 future.set_result(event.status)
 
         await events.consume(on_event, no_ack=True)
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(in_flight)
-        run = Run(count, 0.0, [])
+        run = Run(count, 0.0, [], notes=notes)
         statuses: dict[str, int] = {}
 
         async def one(n: int) -> None:
@@ -189,6 +199,8 @@ async def drive_sagas(
                 began = time.perf_counter()
                 waiting[saga_id] = loop.create_future()
                 done = waiting[saga_id]
+                if notes is not None:
+                    notes.append(timing.stamp(saga_id, timing.CLIENT, "sent"))
                 await publisher.default_exchange.publish(_persistent(body, saga_id), names.start_queue)
                 status = await done
                 run.latencies.append(time.perf_counter() - began)
@@ -228,7 +240,9 @@ async def run_bench(base: Settings, options: Options) -> int:
     if options.parallel:
         return await run_parallel(settings, options)
     names = settings.names
-    fleet = Fleet(settings)
+    # One saga at a time: every process notes when messages pass, for the latency budget.
+    timed = options.in_flight == 1
+    fleet = Fleet(settings, env={"SAGA_TIMING": "1"} if timed else None)
     say = (lambda *a: print(*a, file=sys.stderr)) if options.as_json else print
     progress = Progress(not options.as_json)
     redis = await connect_redis(settings.redis_url)
@@ -261,21 +275,28 @@ async def run_bench(base: Settings, options: Options) -> int:
         saga_runs: list[Run] = []
         ring_runs: list[Run] = []
         celery_runs: list[Run] = []
+        budgets: list[tuple[dict[str, float], float]] = []
         for r in range(options.repeat):
             await cpu.begin()
             ring = await baseline.ring(
                 settings, options.sagas, options.in_flight, progress.begin(f"baseline {r + 1}", options.sagas)
             )
             ring_runs.append(Run(ring.units, ring.seconds, ring.latencies, await cpu.used()))
+            if timed:
+                await redis.delete(timing.key(names))  # the warm-up's notes
             memory_before = await redis_memory(redis)
             await cpu.begin()
             run = await drive_sagas(
                 settings, options.sagas, options.in_flight, options.failure_ratio, options.seed + r,
-                progress.begin(f"sagas {r + 1}", options.sagas),
+                progress.begin(f"sagas {r + 1}", options.sagas), timed=timed,
             )  # fmt: skip
             run.cpu = await cpu.used()
             run.redis_bytes = await redis_memory(redis) - memory_before
             saga_runs.append(run)
+            if run.notes is not None:
+                found = budget.spent(await budget.collect(redis, names, run.count) + run.notes, run.saga_ids)
+                if found is not None:
+                    budgets.append(budget.p50_ms(*found))
             if celery:
                 await cpu.begin()
                 seconds, latencies, statuses = await bench_celery.drive(
@@ -286,6 +307,8 @@ async def run_bench(base: Settings, options: Options) -> int:
         store = RedisStore(redis, names)
         histories = [await store.history(saga_id) for saga_id in saga_runs[-1].saga_ids[:1000]]
         report = _report(options, saga_runs, ring_runs, step_latencies(histories))
+        if budgets:
+            report.update(_budget(budgets))
         if celery:
             report.update(_against(report, celery_runs))
         say(_human(report))
@@ -342,6 +365,14 @@ def _report(options: Options, sagas: list[Run], rings: list[Run], held: dict[str
         ),
         "redis_bytes_per_saga": round(_median([run.redis_bytes / run.count for run in sagas])),
         "statuses": sagas[-1].statuses,
+    }
+
+
+def _budget(runs: list[tuple[dict[str, float], float]]) -> dict[str, Any]:
+    """The median over the runs of each hop's p50, and of the p50 of the whole (at most the sagas' p50)."""
+    return {
+        "budget": {hop: round(_median([hops[hop] for hops, _ in runs]), 2) for hop in budget.ORDER},
+        "budget_total_ms": round(_median([total for _, total in runs]), 2),
     }
 
 
@@ -418,6 +449,13 @@ def _human(report: dict[str, Any]) -> str:
         f"Redis memory per finished saga: {report['redis_bytes_per_saga']} bytes",
         f"outcomes: {report['statuses']}",
     ]
+    if "budget" in report:
+        hops = report["budget"]
+        lines[7:7] = [
+            "latency budget, p50 ms per saga: " + ", ".join(f"{hop} {ms}" for hop, ms in hops.items()),
+            f"  sum {round(sum(hops.values()), 2)}; p50 of the whole {report['budget_total_ms']} "
+            f"(client: start sent to outcome taken)",
+        ]
     if "celery" in report:
         theirs = report["celery"]
         lines[5:5] = [

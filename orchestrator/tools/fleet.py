@@ -25,9 +25,10 @@ EXAMPLES = ("inventory", "payment", "backup_payment", "fraud", "shipping", "flig
 
 
 class Fleet:
-    def __init__(self, settings: Settings, logs: Path | None = None) -> None:
+    def __init__(self, settings: Settings, logs: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.logs = logs
+        self.extra_env = env or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._args: dict[str, tuple[str, ...]] = {}
 
@@ -40,6 +41,7 @@ class Fleet:
             "SAGA_REDIS_REPLICAS": str(self.settings.redis_replicas),
             "SAGA_REDIS_WAIT_MS": str(self.settings.redis_wait_ms),
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:

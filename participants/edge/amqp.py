@@ -38,7 +38,7 @@ from pamqp.commands import Basic
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from participants.edge import observe
+from participants.edge import observe, timing
 from participants.edge.acks import Acks
 from participants.edge.clip import clip
 from participants.edge.connections import connect_amqp
@@ -255,6 +255,7 @@ class Broker:
 
     def _guard(self, queue: str, handle: Handler) -> Handler:
         async def guarded(message: AbstractIncomingMessage) -> None:
+            timing.note(message.correlation_id or message.message_id, "taken")
             self._in_flight += 1
             self._idle.clear()
             self._acks.started(message)
@@ -333,6 +334,8 @@ class Broker:
 
     async def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Publish persistently and wait for every broker confirmation."""
+        if envelopes:
+            timing.note(envelopes[0].correlation_id, "published")
         if len(envelopes) == 1:
             await self._publish(envelopes[0])
         elif envelopes:

@@ -45,6 +45,7 @@ async def test_bench_reports_sagas_against_the_ring_and_cleans_up(settings: Sett
     assert report["orchestrator_cpu_us_per_step"] is not None
     assert report["baseline_requester_cpu_us_per_round_trip"] is not None
     assert "reserve_inventory" in report["step_p50_ms"]  # type: ignore[operator]
+    assert "budget" not in report  # only one saga at a time lays its hops end to end
     assert "ratio (sagas/s / baseline units/s)" in stderr  # the human report goes to stderr with --json
     assert await _leftovers(redis, settings) == []
 
@@ -101,4 +102,32 @@ async def test_bench_against_celery_runs_the_same_orders_as_a_chain(settings: Se
         report["cpu_us_per_saga_total"] / celery["cpu_us_per_saga_total"], abs=0.01
     )
     assert "ratio (sagas/s / celery chain sagas/s)" in stderr
+    assert await _leftovers(redis, settings) == []
+
+
+async def test_bench_at_one_in_flight_lays_out_the_latency_budget(settings: Settings, redis: Redis) -> None:
+    report, stderr = bench(settings, "--sagas", "20", "--in-flight", "1", "--failure-ratio", "0")
+
+    hops = report["budget"]
+    assert isinstance(hops, dict)
+    assert list(hops) == [
+        "client_to_orchestrator",
+        "orchestrator_commit",
+        "orchestrator_publish",
+        "orchestrator_to_participant",
+        "participant_work",
+        "participant_to_orchestrator",
+        "orchestrator_to_client",
+        "other",
+    ]
+    assert all(isinstance(ms, float) and ms >= 0 for ms in hops.values())
+    # Every message of an order saga is one of the named hops.
+    assert hops["other"] == 0
+    for crossed in ("client_to_orchestrator", "orchestrator_commit", "orchestrator_to_participant"):
+        assert hops[crossed] > 0
+    total = report["budget_total_ms"]
+    assert isinstance(total, float) and 0 < total <= report["p50_ms"]  # type: ignore[operator]
+    # Medians of the parts need not add up to the median of the whole, but roughly do.
+    assert 0.5 * total <= sum(hops.values()) <= 1.5 * total
+    assert "latency budget, p50 ms per saga" in stderr
     assert await _leftovers(redis, settings) == []
