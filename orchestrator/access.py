@@ -21,7 +21,8 @@ queue, so it cannot bind its queue to another participant's commands.
 
 The orchestrator's user may do anything within the namespace, and publish
 outcomes to the default exchange; it also serves the `saga` commands and
-`SagaClient`, whose reply queues are server-named (`amq.gen-...`).
+`SagaClient`, whose exclusive reply queues are named `amq_<hex>` (by aio-pika)
+or `amq.gen-...` (by the broker).
 
 Pure: no I/O, so the same registry always gives the same text.
 """
@@ -63,7 +64,8 @@ def grants(names: Names, participants: Iterable[str]) -> list[Grant]:
     """The orchestrator's user, then one user per participant, in name order."""
     ns = _lit(names.namespace)
     everything = rf"{ns}\..*"
-    server_named = r"amq\.gen-.*"
+    # Exclusive reply queues: aio-pika names them amq_<hex>, the broker amq.gen-<...>.
+    server_named = r"amq_[0-9a-f]+|amq\.gen-.*"
     out = [
         Grant(
             names.orchestrator_user,

@@ -192,7 +192,9 @@ class Orchestrator:
             problem = sender_problem(self.names, reply.participant, message.user_id)
             if problem is not None:
                 sender = About(saga_id=reply.saga_id, participant=reply.participant, in_reply_to=reply.in_reply_to)
-                raise await self.refusals.reply(sender, problem)
+                await self.refusals.reply(sender, problem)
+                # Dead-lettered with the words its saga's history has, as a reply decide() refuses is.
+                raise Rejected(f"reply from {reply.participant} refused: {problem}", reply.saga_id)
         try:
             decision = await self.engine.apply(reply.saga_id, reply)
         except UnknownSaga as exc:
