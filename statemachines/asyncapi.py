@@ -180,9 +180,12 @@ def document(
     build.queue(
         "replies",
         names.reply_queue,
-        "Every participant's replies, shared by all orchestrator processes. Declared by the orchestrator.",
+        "Every participant's replies, shared by all orchestrator processes. Declared by the orchestrator. "
+        f"Participants publish to it through the {names.replies_exchange} direct exchange, routing key the "
+        "command's reply_to (a user allowed to write only there reaches no other queue), or the default exchange.",
         {"Reply": reply},
         **queue_arguments,
+        **{"x-bound-to": {"exchange": names.replies_exchange, "routingKey": names.reply_queue}},
     )
     commands = {
         use.name: build.message(

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -132,6 +133,23 @@ class RabbitNode:
 
     async def ctl(self, *args: str, timeout: float = 60.0) -> str:
         return await _run(str(RABBIT_BIN / "rabbitmqctl"), "-n", self.name, *args, env=self.env(), timeout=timeout)
+
+    async def run_script(self, script: str) -> dict[str, str]:
+        """Run each `rabbitmqctl ...` line of `script` (as `saga access` prints it) against this node.
+
+        Returns the password of each user it added with one on its line.
+        """
+        passwords = {}
+        for line in script.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            program, *args = shlex.split(line)
+            if program != "rabbitmqctl":
+                raise ValueError(f"not a rabbitmqctl command: {line!r}")
+            await self.ctl(*args)
+            if args[0] == "add_user" and len(args) == 3:
+                passwords[args[1]] = args[2]
+        return passwords
 
     async def start(self) -> None:
         """Boot the node (or boot it again after stop or kill) and wait until it serves."""

@@ -3,7 +3,7 @@
 On a private RabbitMQ node (users and permissions are the node's, so the
 shared one is left alone), with the shared Redis under the test's
 namespace: the commands `saga access --generate-passwords` prints are run
-with rabbitmqctl, the real `saga orchestrator --authenticate-replies` runs
+against the node, the real `saga orchestrator --authenticate-replies` runs
 as its user, and each participant as its own. A forged reply is refused
 with its reason, written into the saga's history and dead-lettered, and the
 saga goes on as its real participant answers; a participant's user may
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from participants.edge.settings import Settings
 from statemachines.dsl import Saga, Step
 from statemachines.messages import Command, ErrorInfo, Reply, encode
 from tests.integration.conftest import eventually, spawn
-from tests.integration.private import rabbit_node
+from tests.integration.private import RabbitNode, rabbit_node
 from tests.integration.scripted import Scripted, cli, now, open_store, take_dead_letters
 
 pytestmark = pytest.mark.slow
@@ -52,20 +51,11 @@ def url(port: int, user: str, password: str) -> str:
     return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{port}/"
 
 
-async def apply_access(settings: Settings, node: Any) -> dict[str, str]:
+async def apply_access(settings: Settings, node: RabbitNode) -> dict[str, str]:
     """Run what `saga access --generate-passwords` prints against the node; the users' passwords."""
     printed = await cli(settings, "access", "--sagas", MODULE, "--generate-passwords")
     assert printed.returncode == 0, printed.stderr
-    passwords: dict[str, str] = {}
-    for line in printed.stdout.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        program, *args = shlex.split(line)
-        assert program == "rabbitmqctl"
-        if args[0] == "add_user":
-            passwords[args[1]] = args[2]
-        await node.ctl(*args)
-    return passwords
+    return await node.run_script(printed.stdout)
 
 
 async def refused(channel: AbstractChannel, attempt: Any) -> str:

@@ -83,7 +83,8 @@ def test_every_rule_the_conformance_check_cites_is_a_section() -> None:
     headings = set(re.findall(r"^#+ (\d+(?:\.\d+)?)\.? ", DOC, flags=re.M))
     assert set(RULES.values()) <= headings
     # Each obligation but the ones that cannot be driven from outside has a check.
-    unchecked = {"5.6", "5.10"}
+    # (5.11 needs a user per participant on the broker: test_reply_authenticity.py shows it on a node of its own.)
+    unchecked = {"5.6", "5.10", "5.11"}
     assert {h for h in headings if h.startswith("5.")} - unchecked == set(RULES.values()) - {"4"}
 
 

@@ -22,12 +22,14 @@ FORBIDDEN = re.compile(
 )
 # Where the words appear only in the sentence that says how to start the services.
 ADVICE = {TESTS / "integration" / "conftest.py"}
+# Where they appear only in the text `saga access` prints, which the test reads and never runs.
+PRINTED = {TESTS / "unit" / "test_access.py"}
 
 
 def test_only_the_private_services_are_ever_stopped_or_reconfigured() -> None:
     found = []
     for path in sorted(TESTS.rglob("*.py")):
-        if path in (PRIVATE, Path(__file__)) or path in ADVICE:
+        if path in (PRIVATE, Path(__file__)) or path in ADVICE or path in PRINTED:
             continue
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if FORBIDDEN.search(line):

@@ -44,6 +44,8 @@ export class Participant {
     this.maxBytes = maxBytes;
     this.log = log;
     this.queue = `${namespace}.participant.${name}`;
+    // 4.1 and 5.11: every publish carries the login as its user_id (the broker refuses any other).
+    this.userId = loginUser(amqpUrl);
     this.inFlight = new Set();
     this.stopping = false;
     this.sources = Object.fromEntries(Object.entries({ ...scripts, ...OWN_SCRIPTS }).map(([n, url]) => [n, readFileSync(url, 'utf8')]));
@@ -82,6 +84,7 @@ export class Participant {
   // 2.3: declare everything this participant uses, exactly as the orchestrator does, so either may start first.
   async declare(channel) {
     const ns = this.ns;
+    await channel.assertExchange(`${ns}.reply-exchange`, 'direct', { durable: true, autoDelete: false });
     await channel.assertExchange(`${ns}.commands`, 'direct', { durable: true, autoDelete: false });
     await channel.assertExchange(`${ns}.events`, 'topic', { durable: true, autoDelete: false });
     await channel.assertExchange(`${ns}.dead`, 'topic', { durable: true, autoDelete: false });
@@ -243,7 +246,9 @@ export class Participant {
   async send(command, body, msg) {
     const incoming = msg.properties.headers ?? {};
     const trace = Object.fromEntries(['traceparent', 'tracestate'].filter((h) => typeof incoming[h] === 'string').map((h) => [h, incoming[h]]));
-    await this.publish('', command.reply_to, Buffer.from(body), {
+    // 5.1.2: through the replies exchange, the one a least-privilege user may write replies to (5.11).
+    const exchange = command.reply_to === `${this.ns}.replies` ? `${this.ns}.reply-exchange` : '';
+    await this.publish(exchange, command.reply_to, Buffer.from(body), {
       messageId: `${command.message_id}/${this.name}`,
       correlationId: command.saga_id,
       type: 'Reply',
@@ -277,7 +282,8 @@ export class Participant {
 
   publish(exchange, routingKey, content, options) {
     return new Promise((resolve, reject) => {
-      this.publisher.publish(exchange, routingKey, content, { contentType: 'application/json', persistent: true, ...options },
+      const properties = { contentType: 'application/json', persistent: true, userId: this.userId, ...options };
+      this.publisher.publish(exchange, routingKey, content, properties,
         (err) => (err ? reject(err) : resolve()));
     });
   }
@@ -294,6 +300,15 @@ export class Participant {
       delete this.shas[name]; // Redis restarted and forgot it
       return call();
     }
+  }
+}
+
+// amqplib logs in with the URL's user (PLAIN), or guest without one.
+function loginUser(url) {
+  try {
+    return decodeURIComponent(new URL(url).username) || 'guest';
+  } catch {
+    return undefined; // not a URL amqplib would take either: connect() says so
   }
 }
 
