@@ -80,7 +80,7 @@ class Orchestrator:
         store = RedisStore(redis, names, settings.retention_seconds, settings.redis_replicas, settings.redis_wait_ms)
         await store.connect()
         await store.check_layout()
-        self.broker = broker = await Broker.open(self.settings.amqp_url, names, self.settings.max_message_bytes)
+        self.broker = broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes, redis)
         queues = [names.start_queue, names.reply_queue, names.signals_queue]
         for queue in queues:
             # Participants reply through the replies exchange (see `Names.replies_exchange`).

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("transitions").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         tracing.configure_from_env(args.command)
-        settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace)
+        settings = Settings.from_env(args.amqp_url, args.redis_url, args.namespace, args.queue_type)
         return int(run(args.handler(args, settings)))
     except (Unreachable, UsageError, UnknownSaga, BadSetting, LayoutMismatch, tracing.TracingMissing) as exc:
         print(f"saga: {exc}", file=sys.stderr)

@@ -46,6 +46,12 @@ def command(
     )
     parser.add_argument("--redis-url", help="Redis URL (default: $SAGA_REDIS_URL or redis://127.0.0.1:6379/0)")
     parser.add_argument("--namespace", help="prefix of every queue and key (default: $SAGA_NAMESPACE or saga)")
+    parser.add_argument(
+        "--queue-type",
+        choices=["quorum", "classic"],
+        help="quorum (replicated) or classic (one node); the same for every process of a namespace "
+        "(default: $SAGA_QUEUE_TYPE or quorum)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument(
         "--log-format",

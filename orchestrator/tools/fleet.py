@@ -40,6 +40,7 @@ class Fleet:
             "SAGA_NAMESPACE": self.settings.namespace,
             "SAGA_REDIS_REPLICAS": str(self.settings.redis_replicas),
             "SAGA_REDIS_WAIT_MS": str(self.settings.redis_wait_ms),
+            "SAGA_QUEUE_TYPE": self.settings.queue_type,
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }

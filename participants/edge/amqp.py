@@ -14,7 +14,7 @@ import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import aiormq
 import msgspec
@@ -35,6 +35,7 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
 )
 from pamqp.commands import Basic
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -42,14 +43,17 @@ from participants.edge import observe, timing
 from participants.edge.acks import Acks
 from participants.edge.clip import clip
 from participants.edge.connections import connect_amqp
+from participants.edge.queue_type import QueueTypeMismatch, existing_type
+from participants.edge.redeliveries import Redeliveries, counted
 from participants.edge.settings import MiB
 from statemachines.messages import MalformedMessage
-from statemachines.names import DELIVERY_LIMIT, Names, id_problem
+from statemachines.names import DELIVERY_LIMIT, UNSETTLED_LIMIT, Names, id_problem
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 REASON = "x-saga-reason"
 SAGA_ID = "x-saga-id"
 log = logging.getLogger("saga.amqp")
+T = TypeVar("T")
 # A service being away says nothing about the message: such errors are waited
 # out in place rather than spending the message's delivery budget.
 OUTAGES = (
@@ -110,12 +114,6 @@ def unpublishable(exc: BaseException) -> str | None:
     return None
 
 
-def delivery_count(message: AbstractIncomingMessage) -> int:
-    """How often the broker delivered this message before (quorum queues count)."""
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) else 0
-
-
 async def _exchange(channel: AbstractChannel, name: str, kind: ExchangeType) -> None:
     await channel.declare_exchange(name, kind, durable=True)
 
@@ -138,11 +136,23 @@ def login_user(connection: object) -> str | None:
     return str(url.user or "guest")
 
 
+async def _queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> None:
+    await channel.declare_queue(name, durable=True, arguments=arguments)
+
+
 class Broker:
-    def __init__(self, connection: AbstractRobustConnection, names: Names, max_message_bytes: int = MiB) -> None:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        names: Names,
+        max_message_bytes: int = MiB,
+        redis: Redis | None = None,
+    ) -> None:
         self.connection = connection
         self.names = names
         self.max_message_bytes = max_message_bytes
+        # Where consumers count redeliveries the broker does not count (classic queues).
+        self.redeliveries = Redeliveries(redis, names) if redis is not None else None
         # Dead letters by queue, for logs and metrics; the broker keeps the messages.
         self.dead_letters: Counter[str] = Counter()
         # Called after each dead letter, e.g. to count it where other processes see it.
@@ -158,8 +168,9 @@ class Broker:
         self.user_id = login_user(connection)
 
     @classmethod
-    async def open(cls, url: str, names: Names, max_message_bytes: int = MiB) -> Broker:
-        broker = cls(await connect_amqp(url), names, max_message_bytes)
+    async def open(cls, url: str, names: Names, max_message_bytes: int = MiB, redis: Redis | None = None) -> Broker:
+        """Connect and declare the exchanges; `redis` is needed to consume classic queues (it counts redeliveries)."""
+        broker = cls(await connect_amqp(url), names, max_message_bytes, redis)
         try:
             await broker._declare_exchanges()
         except BaseException:
@@ -181,10 +192,15 @@ class Broker:
         ):
             passive = not await self._declarable(functools.partial(_exchange, name=name, kind=kind))
             self._exchanges[name] = await channel.declare_exchange(name, kind, durable=True, passive=passive)
-        dead = await self._declare(channel, names.dead_queue, names.dead_queue_arguments())
+        # One of another type is used as it is: nothing consumes it with a delivery count.
+        dead = await self._declare(channel, names.dead_queue, names.dead_queue_arguments(), same_type=False)
         await self.bind(dead, names.dead_exchange, "#")
 
-    async def _declarable(self, declare: Callable[[AbstractChannel], Awaitable[Any]]) -> bool:
+    async def _declarable(
+        self,
+        declare: Callable[[AbstractChannel], Awaitable[Any]],
+        same_type: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
         """Whether `declare` succeeds, tried on a channel of its own.
 
         Whoever declares a queue or an exchange first wins: one that exists
@@ -192,6 +208,8 @@ class Broker:
         used as it is, with a warning, instead of stopping this process.
         A user that may not declare it (a participant's least-privilege
         user, see `saga access`) uses it as the orchestrator declared it.
+        But `same_type` is awaited first, to raise `QueueTypeMismatch` for a
+        queue of another type: the processes would replicate differently.
         The broker closes the channel of a refused declare, hence the
         channel of its own.
         """
@@ -199,6 +217,8 @@ class Broker:
         try:
             await declare(channel)
         except ChannelPreconditionFailed as exc:
+            if same_type is not None:
+                await same_type()
             log.warning("%s; using it as it is", exc.args[0] if exc.args else exc)
             return False
         except ChannelAccessRefused as exc:
@@ -209,11 +229,25 @@ class Broker:
                 await channel.close()
         return True
 
-    async def _declare(self, channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
-        """Declare durable queue `name` on `channel` with `arguments`, or as it is if it exists with others."""
-        if await self._declarable(lambda c: c.declare_queue(name, durable=True, arguments=arguments)):
+    async def _declare(
+        self, channel: AbstractChannel, name: str, arguments: dict[str, Any], same_type: bool = True
+    ) -> AbstractQueue:
+        """Declare durable queue `name` on `channel` with `arguments`, or as it is if it exists with others.
+
+        `same_type`: one of another queue type raises `QueueTypeMismatch`.
+        """
+        declare = functools.partial(_queue, name=name, arguments=arguments)
+        check = functools.partial(self._same_type, name, arguments) if same_type else None
+        if await self._declarable(declare, check):
             return await channel.declare_queue(name, durable=True, arguments=arguments)
         return await channel.declare_queue(name, passive=True)
+
+    async def _same_type(self, name: str, arguments: dict[str, Any]) -> None:
+        """Raise `QueueTypeMismatch` if existing queue `name`, which refused `arguments`, is of another type."""
+        wanted = self.names.queue_type
+        current = await existing_type(self.connection, name, arguments)
+        if current is not None and current != wanted:
+            raise QueueTypeMismatch(name, current, wanted)
 
     @property
     def channel(self) -> AbstractChannel:
@@ -221,7 +255,7 @@ class Broker:
         return self._publisher
 
     async def declare_queue(self, name: str, bind_to: tuple[str, str] | None = None) -> AbstractQueue:
-        """A durable quorum work queue, dead-lettered, optionally bound to an exchange."""
+        """A durable work queue of the namespace's type, dead-lettered, optionally bound to an exchange."""
         queue = await self._declare(self.channel, name, self.names.queue_arguments())
         if bind_to is not None:
             await self.bind(queue, *bind_to)
@@ -245,6 +279,8 @@ class Broker:
         dead-letter with the reason. An outage is retried in place. Any other
         exception means redeliver, until the delivery limit dead-letters it.
         """
+        if self.names.queue_type == "classic" and self.redeliveries is None:
+            raise ValueError("consuming classic queues needs Broker.open(redis=...): it counts their redeliveries")
         channel = await self.connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         # Declared (not merely looked up) on this channel, so that a robust
@@ -270,14 +306,26 @@ class Broker:
 
         return guarded
 
+    async def _deliveries(self, queue: str, message: AbstractIncomingMessage) -> int:
+        """How often `message` was delivered before (counted before it is handled: a crash still counts)."""
+        if self.redeliveries is None:
+            return counted(message) or int(bool(message.redelivered))
+        return await self._patiently(lambda: self.redeliveries.count(queue, message))  # type: ignore[union-attr]
+
     async def _process(self, queue: str, handle: Handler, message: AbstractIncomingMessage) -> None:
         saga_id = None
         kind = "rejected"
+        deliveries = 0
         try:
+            deliveries = await self._deliveries(queue, message)
+            if deliveries >= UNSETTLED_LIMIT:
+                # Never failed, never acked: what handles it dies on it (or cannot finish it).
+                kind = "failed"
+                raise Rejected(f"delivered {deliveries + 1} times and never settled: its consumer may crash on it")
             if len(message.body) > self.max_message_bytes:
                 kind = "too_large"
                 raise Rejected(f"message of {len(message.body)} bytes exceeds the limit of {self.max_message_bytes}")
-            await self._patiently(handle, message)
+            await self._patiently(lambda: handle(message))
             self._acks.finished(message)
             return
         except (Rejected, MalformedMessage) as exc:
@@ -287,7 +335,7 @@ class Broker:
             malformed = isinstance(exc, MalformedMessage) or isinstance(exc.__context__, MalformedMessage)
             kind = "malformed" if malformed else kind
         except Exception as exc:
-            if delivery_count(message) + 1 < DELIVERY_LIMIT:
+            if deliveries + 1 < DELIVERY_LIMIT:
                 log.warning("%s: processing failed, the message will be redelivered: %s", queue, clip(exc))
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
@@ -299,15 +347,15 @@ class Broker:
         self.dead_letters[queue] += 1
         observe.dead_lettered(queue, kind)
         with contextlib.suppress(Exception):
-            await self.dead_letter(message, queue, reason, saga_id)
+            await self.dead_letter(message, queue, reason, saga_id, deliveries)
             if self.on_dead_letter is not None:
                 await self.on_dead_letter(queue, reason)
 
-    async def _patiently(self, handle: Handler, message: AbstractIncomingMessage) -> None:
+    async def _patiently(self, work: Callable[[], Awaitable[T]]) -> T:
         delay = 0.1
         while True:
             try:
-                return await handle(message)
+                return await work()
             except OUTAGES as exc:
                 if self._stopping:
                     raise
@@ -370,9 +418,17 @@ class Broker:
         )
 
     async def dead_letter(
-        self, message: AbstractIncomingMessage, queue: str, reason: str, saga_id: str | None = None
+        self,
+        message: AbstractIncomingMessage,
+        queue: str,
+        reason: str,
+        saga_id: str | None = None,
+        deliveries: int | None = None,
     ) -> None:
-        """Move `message` to the dead-letter queue with `reason` and its saga (where known), then ack it."""
+        """Move `message` to the dead-letter queue with `reason` and its saga (where known), then ack it.
+
+        `deliveries`: how often it was delivered before, where the consumer counted it.
+        """
         envelope = Envelope(
             exchange=self.names.dead_exchange,
             routing_key=queue,
@@ -384,7 +440,7 @@ class Broker:
         headers: dict[str, Any] = {
             REASON: reason[:1000],
             "x-saga-queue": queue,
-            "x-saga-deliveries": delivery_count(message) + 1,
+            "x-saga-deliveries": ((counted(message) or 0) if deliveries is None else deliveries) + 1,
         }
         # Our messages carry their saga id as the correlation id.
         saga_id = saga_id or message.correlation_id

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from statemachines.names import DEFAULT_NAMESPACE, Names, name_problem
+from statemachines.names import DEFAULT_NAMESPACE, QUEUE_TYPES, Names, name_problem
 
 MiB = 1024 * 1024
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -32,10 +32,12 @@ class Settings:
     redis_wait_ms: int = 1000
     # How long a starting process waits for RabbitMQ and Redis before it gives up (exit 3).
     startup_wait_seconds: int = 60
+    # quorum (replicated) or classic (one node's disk): see the README's "Queue types".
+    queue_type: str = "quorum"
 
     @property
     def names(self) -> Names:
-        return Names(self.namespace)
+        return Names(self.namespace, self.queue_type)
 
     @classmethod
     def from_env(
@@ -43,8 +45,9 @@ class Settings:
         amqp_url: str | None = None,
         redis_url: str | None = None,
         namespace: str | None = None,
+        queue_type: str | None = None,
     ) -> Settings:
-        """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, which win over defaults.
+        """Flags win over `SAGA_AMQP_URL`, `SAGA_REDIS_URL`, `SAGA_NAMESPACE`, `SAGA_QUEUE_TYPE`, then defaults.
 
         `SAGA_MAX_MESSAGE_BYTES` and `SAGA_RETENTION_SECONDS` set the two limits;
         `SAGA_REDIS_REPLICAS` and `SAGA_REDIS_WAIT_MS` how a commit waits for replicas;
@@ -55,6 +58,9 @@ class Settings:
         problem = name_problem(namespace, "the namespace")
         if problem is not None:
             raise BadSetting(f"{problem} (--namespace or SAGA_NAMESPACE)")
+        queue_type = queue_type or os.environ.get("SAGA_QUEUE_TYPE") or "quorum"
+        if queue_type not in QUEUE_TYPES:
+            raise BadSetting(f"--queue-type or SAGA_QUEUE_TYPE must be quorum or classic, got {queue_type[:64]!r}")
         return cls(
             amqp_url=_urls(
                 amqp_url or os.environ.get("SAGA_AMQP_URL") or DEFAULT_AMQP_URL, "--amqp-url or SAGA_AMQP_URL"
@@ -68,6 +74,7 @@ class Settings:
             redis_replicas=_positive("SAGA_REDIS_REPLICAS", 0, least=0),
             redis_wait_ms=_positive("SAGA_REDIS_WAIT_MS", 1000),
             startup_wait_seconds=_positive("SAGA_STARTUP_WAIT_SECONDS", 60, least=0),
+            queue_type=queue_type,
         )
 
 

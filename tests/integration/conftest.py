@@ -103,9 +103,15 @@ def shared_services_stay_up(services: tuple[str, str]) -> Iterator[None]:
 
 
 @pytest.fixture
-def settings(services: tuple[str, str]) -> Settings:
+def settings(services: tuple[str, str], request: pytest.FixtureRequest) -> Settings:
     amqp, redis = services
-    return Settings(amqp_url=amqp, redis_url=redis, namespace=f"t{uuid.uuid4().hex[:10]}")
+    # SAGA_QUEUE_TYPE=classic runs a test over classic queues, its `saga` subprocesses too;
+    # a module runs over both with `pytestmark = BOTH_QUEUE_TYPES`.
+    queue_type = getattr(request, "param", None) or os.environ.get("SAGA_QUEUE_TYPE") or "quorum"
+    return Settings(amqp_url=amqp, redis_url=redis, namespace=f"t{uuid.uuid4().hex[:10]}", queue_type=queue_type)
+
+
+BOTH_QUEUE_TYPES = pytest.mark.parametrize("settings", ["quorum", "classic"], indirect=True)
 
 
 @pytest.fixture
@@ -206,6 +212,7 @@ def saga_env(settings: Settings) -> dict[str, str]:
         "SAGA_AMQP_URL": settings.amqp_url,
         "SAGA_REDIS_URL": settings.redis_url,
         "SAGA_NAMESPACE": settings.namespace,
+        "SAGA_QUEUE_TYPE": settings.queue_type,
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 
 from statemachines.messages import Reply, encode
-from tests.integration.conftest import Stack, eventually
+from tests.integration.conftest import BOTH_QUEUE_TYPES, Stack, eventually
 from tests.integration.test_end_to_end import order
 
 BAD = {
@@ -17,6 +17,9 @@ BAD = {
     "wrong schema": (b'{"saga_type": 42, "in_reply_to": [], "command": null}', "not a valid"),
     "oversized": (b'{"pad": "' + b"x" * (1024 * 1024) + b'"}', "exceeds the limit"),
 }
+
+# Classic queues do not count deliveries: there the consumers do (participants/edge/redeliveries.py).
+pytestmark = BOTH_QUEUE_TYPES
 
 
 async def dead_letters(stack: Stack, count: int) -> list[Any]:

@@ -4,7 +4,8 @@ A consumer that raises on a message has it redelivered, up to
 `DELIVERY_LIMIT` deliveries; then it goes to `<ns>.dead-letters` with an
 `x-saga-reason` naming the failure and the count, and the process serves
 everything else all along. A message that can never be read is refused on
-its first delivery.
+its first delivery. A message its consumer dies on, so never fails, is
+dead-lettered on its delivery after `UNSETTLED_LIMIT`. On both queue types.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import uuid
 from typing import Any
 
 import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from redis.asyncio import Redis
 
+from participants.edge.amqp import Broker
+from participants.edge.connections import connect_redis
 from participants.edge.settings import Settings
 from participants.worker import Context
 from statemachines.dsl import Saga, Step
 from statemachines.messages import Command, Reply, decode
-from statemachines.names import DELIVERY_LIMIT
+from statemachines.names import DELIVERY_LIMIT, UNSETTLED_LIMIT
 from statemachines.sagas import SAGAS as SHIPPED
-from tests.integration.conftest import Stack, eventually, example_workers, running
+from tests.integration.conftest import BOTH_QUEUE_TYPES, Stack, eventually, example_workers, running
 from tests.integration.scripted import Scripted, loaded, now, participants_of, publish_raw, take_dead_letters
 from tests.integration.test_end_to_end import order
 
@@ -29,6 +34,9 @@ parcel = Saga("psn_parcel", steps=[Step("ship", participant="psn_courier", comma
 prescription = Saga(
     "psn_prescription", steps=[Step("dispense", participant="psn_pharmacy", command="dispense", timeout=30.0)]
 )
+
+# Classic queues do not count deliveries: there the consumers do (participants/edge/redeliveries.py).
+pytestmark = BOTH_QUEUE_TYPES
 
 
 async def hold_all(worker: Scripted, command: Command, body: bytes) -> None:
@@ -148,3 +156,50 @@ async def test_a_command_whose_handler_returns_what_cannot_be_sent_is_dead_lette
         assert inst.status == "running", "the saga waits for its timeout, which is the orchestrator's to fire"
         again = await stack.run("psn_prescription", {})
         assert again.status == "completed", "the participant served other commands all along"
+
+
+async def take_and_die(settings: Settings, redis: Redis, queue: str) -> bool:
+    """A consumer that takes the message and dies on it (its connection drops, the message unsettled).
+
+    Whether it was handed the message: not if the broker's side dead-lettered it first.
+    """
+    broker = await Broker.open(settings.amqp_url, settings.names, redis=redis)
+    taken = asyncio.Event()
+    dying = asyncio.get_running_loop().create_future()
+
+    async def handle(message: AbstractIncomingMessage) -> None:
+        taken.set()
+        await dying
+
+    try:
+        await broker.consume(queue, handle, prefetch=1)
+        await eventually(lambda: now(taken.is_set() or broker.dead_letters[queue] > 0))
+    finally:
+        if taken.is_set():
+            await broker.connection.close()
+            dying.cancel()
+        else:  # it dead-lettered the message: a clean close sends the batched ack
+            await broker.close()
+    return taken.is_set()
+
+
+async def test_a_message_its_consumer_dies_on_is_dead_lettered_after_the_limit(
+    settings: Settings, cleanup: set[str]
+) -> None:
+    cleanup.add("psn_crasher")
+    queue = settings.names.participant_queue("psn_crasher")
+    redis = await connect_redis(settings.redis_url)
+    try:
+        first = await Broker.open(settings.amqp_url, settings.names, redis=redis)
+        await first.declare_queue(queue)
+        await first.close()
+        await publish_raw(settings, queue, b"{}", message_id=uuid.uuid4().hex, delivery_mode=2)
+        handed = [await take_and_die(settings, redis, queue) for _ in range(UNSETTLED_LIMIT + 1)]
+        [letter] = await take_dead_letters(settings, 1)
+    finally:
+        await redis.aclose()
+    assert handed == [True] * UNSETTLED_LIMIT + [False], "handed to a consumer this often, then dead-lettered"
+    headers: dict[str, Any] = dict(letter.headers)
+    assert headers["x-saga-deliveries"] == UNSETTLED_LIMIT + 1
+    assert str(headers["x-saga-reason"]).startswith(f"delivered {UNSETTLED_LIMIT + 1} times and never settled")
+    assert await queue_depth(settings, queue) == 0, "nothing left looping"

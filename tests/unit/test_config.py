@@ -55,3 +55,24 @@ def test_a_url_that_cannot_be_parsed_is_one_sentence_without_its_password(
 
 def test_redact_survives_a_port_that_is_not_a_number() -> None:
     assert redact("amqp://guest:s3cret@mq:abc/") == "amqp://guest:***@mq:abc/"
+
+
+def test_the_queue_type_comes_from_the_flag_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAGA_QUEUE_TYPE", raising=False)
+    assert Settings.from_env().names.queue_arguments()["x-queue-type"] == "quorum"
+    monkeypatch.setenv("SAGA_QUEUE_TYPE", "classic")
+    classic = Settings.from_env().names
+    # Durable like quorum, dead-lettered alike; no broker delivery limit: the consumers count.
+    assert classic.queue_arguments() == {
+        "x-queue-type": "classic",
+        "x-queue-version": 2,
+        "x-dead-letter-exchange": "saga.dead",
+    }
+    assert classic.dead_queue_arguments()["x-queue-type"] == "classic"
+    assert Settings.from_env(queue_type="quorum").queue_type == "quorum"
+
+
+def test_a_queue_type_that_is_neither_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGA_QUEUE_TYPE", "stream")
+    with pytest.raises(BadSetting, match="SAGA_QUEUE_TYPE must be quorum or classic, got 'stream'"):
+        Settings.from_env()
