@@ -70,10 +70,18 @@ def _need(binary: Path | str, what: str) -> None:
         pytest.skip(message)
 
 
-async def _run(*command: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> str:
-    process = await asyncio.create_subprocess_exec(*command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+async def _run(
+    *command: str, env: dict[str, str] | None = None, timeout: float = 60.0, stdin: bytes | None = None
+) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        out, _ = await asyncio.wait_for(process.communicate(stdin), timeout)
     except TimeoutError:
         process.kill()
         raise
@@ -131,8 +139,13 @@ class RabbitNode:
         path.write_text(cookie)
         path.chmod(0o400)
 
-    async def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        return await _run(str(RABBIT_BIN / "rabbitmqctl"), "-n", self.name, *args, env=self.env(), timeout=timeout)
+    async def ctl(self, *args: str, timeout: float = 60.0, stdin: bytes | None = None) -> str:
+        command = (str(RABBIT_BIN / "rabbitmqctl"), "-n", self.name, *args)
+        return await _run(*command, env=self.env(), timeout=timeout, stdin=stdin)
+
+    async def set_password(self, user: str, password: str) -> None:
+        """Give `user` a password through standard input, as `saga access` tells an operator to."""
+        await self.ctl("change_password", user, stdin=f"{password}\n".encode())
 
     async def run_script(self, script: str) -> dict[str, str]:
         """Run each `rabbitmqctl ...` line of `script` (as `saga access` prints it) against this node.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,64 @@ async def test_a_participant_cannot_answer_for_another_nor_read_its_queue(tmp_pa
 
 def _envelope(exchange: str, key: str, reply: Reply) -> Envelope:
     return Envelope(exchange, key, encode(reply), reply.message_id, reply.saga_id, "Reply")
+
+
+async def test_with_the_definitions_loaded_participants_start_before_the_orchestrator(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """`saga access --definitions` declares the topology too: least-privilege participants need nobody first."""
+    names = settings.names
+    async with rabbit_node(tmp_path) as node:
+        admin = dataclasses.replace(settings, amqp_url=node.url)
+        printed = await cli(admin, "access", "--sagas", MODULE, "--definitions")
+        assert printed.returncode == 0, printed.stderr
+        assert {user["password_hash"] for user in json.loads(printed.stdout)["users"]} == {""}
+        definitions = tmp_path / "definitions.json"
+        definitions.write_text(printed.stdout)
+        await node.ctl("import_definitions", str(definitions))
+        users = [names.orchestrator_user, names.participant_user("au_pay"), names.participant_user("au_ship")]
+        passwords = {user: f"pw-{n}" for n, user in enumerate(users)}
+
+        async def passwords_set() -> bool:
+            try:  # the import goes on in the background: the users appear when it is done
+                for user, password in passwords.items():
+                    await node.set_password(user, password)
+            except RuntimeError:
+                return False
+            return True
+
+        await eventually(passwords_set, timeout=60, every=0.5)
+
+        def as_user(user: str) -> Settings:
+            return dataclasses.replace(settings, amqp_url=url(node.port, user, passwords[user]))
+
+        workers = [Scripted("au_pay"), Scripted("au_ship")]
+        workers[0].act("charge", {"charged": 5})
+        workers[1].act("ship", {"tracking": "T-2"})
+        client: SagaClient | None = None
+        log = (tmp_path / "orchestrator.log").open("wb")
+        process: subprocess.Popen[bytes] | None = None
+        try:
+            for worker in workers:  # no orchestrator has run: the definitions declared what they use
+                await worker.start(as_user(names.participant_user(worker.name)))
+            orchestrator = as_user(names.orchestrator_user)
+            process = spawn(orchestrator, "orchestrator", "--sagas", MODULE, "--authenticate-replies", log=log)
+            client = await SagaClient.connect(orchestrator)
+            done = await client.start("au_order", {"customer": "c-3"}, wait=True, timeout=60)
+            assert done.status == "completed", done
+            assert done.data == {"customer": "c-3", "charged": 5, "tracking": "T-2"}
+        finally:
+            for worker in workers:
+                await worker.close()
+            if client is not None:
+                await client.close()
+            if process is not None:
+                process.terminate()
+                try:
+                    await asyncio.to_thread(process.wait, 30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            log.close()
+            await drop(admin, {"au_pay", "au_ship"})
+    # Declared exactly as the orchestrator declares them: no argument differs.
+    assert "PRECONDITION_FAILED" not in (tmp_path / "orchestrator.log").read_text(errors="replace")
