@@ -13,8 +13,8 @@ One hash per breaker (`Names.breaker_state_key`), moved only by
   its success closes the breaker, its failure opens it again. A trial
   whose result has not come within another cool-down lets the next one try.
 
-An engine reads the breakers of a saga in one round trip before deciding
-(`check`), claims the trial only when its decision would send a command
+An engine reads the breakers of a saga in one round trip (`check`) when a
+decision would start a step one of them guards, claims the trial only when its decision would send a command
 through a breaker that may try (`claim`), and records the decision's
 results after committing it (`record`). Opening and closing are logged,
 counted and published on `<ns>.events` as `breaker.<key>.open|closed`.

@@ -6,8 +6,10 @@ service, the CLI and the timer loop all call it. A crash between any two of
 its steps loses nothing: the commit is atomic, the outbox is re-published by
 `sweep`, and replies are redelivered until acked.
 
-A saga whose steps are guarded by circuit breakers (`orchestrator.breakers`)
-costs one more round trip before deciding: which of its breakers are open.
+A decision that would start a step guarded by a circuit breaker
+(`orchestrator.breakers`) costs one more round trip: which of the saga's
+breakers are open, and the decision is made again with them. Any other
+decision is the same whatever the breakers say, and reads none.
 A decision that would send a command through a half-open breaker claims its
 one trial first, and decides again with the breaker open if another saga
 has it. After the commit, the decision's breaker results are counted.
@@ -136,6 +138,21 @@ class Engine:
                 self._guards[cached] = None
         return self._guards[cached]
 
+    def _guarded(self, saga: Saga, decision: Decision, policies: dict[str, CircuitBreaker]) -> bool:
+        """Whether open breakers could change `decision`, made as if every breaker were closed.
+
+        A breaker only acts where a step it guards starts: open, the step goes to its
+        fallback (or fails) instead of sending its command. With every breaker
+        closed, such a start sends the command, or fails the whole decision on
+        its payload; a decision with neither is the same whatever the breakers
+        say, and costs no round trip to read them.
+        """
+        for command in decision.commands:
+            if command.action == "do" and self._guard(saga, command.step) in policies:
+                return True
+        inst = decision.instance
+        return inst is not None and inst.error is not None and inst.error.code == "payload_error"
+
     async def _decide(
         self,
         saga_id: str,
@@ -208,11 +225,14 @@ class Engine:
                 definition = self.definition(inst) if inst is not None else saga
                 assert definition is not None
                 policies = self.policies(definition)
-                if policies and (inst is None or inst.status not in TERMINAL):
+                decision = decide(definition, inst, event, self.clock())
+                if (
+                    policies
+                    and (inst is None or inst.status not in TERMINAL)
+                    and self._guarded(definition, decision, policies)
+                ):
                     seen = await self.breakers.check(policies, saga_id)
                     decision = await self._decide(saga_id, definition, inst, event, policies, seen)
-                else:
-                    decision = decide(definition, inst, event, self.clock())
                 if not decision.changed:
                     if not trusted:
                         continue  # "nothing to do" is only believed of what Redis says
