@@ -105,7 +105,8 @@ async def ring(
                 began = time.perf_counter()
                 for trip in range(ROUND_TRIPS):
                     key = f"{number}.{trip}"
-                    waiting[key] = loop.create_future()
+                    # Held here: the reply may come, and take it from `waiting`, before the publish returns.
+                    answered = waiting[key] = loop.create_future()
                     request = aio_pika.Message(
                         b'{"unit": %d, "trip": %d}' % (number, trip),
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -113,7 +114,7 @@ async def ring(
                         reply_to=replies.name,
                     )
                     await publisher.default_exchange.publish(request, request_queue(names))
-                    await waiting[key]
+                    await answered
                 result.latencies.append(time.perf_counter() - began)
             done += 1
             if progress is not None:
