@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from participants.edge import observe, timing
-from participants.edge.amqp import Broker, Envelope
+from participants.edge.amqp import Broker, Envelope, login_user
 from participants.edge.batching import batcher
 from participants.edge.clip import clip
 from participants.edge.connections import connect_redis
@@ -158,7 +158,9 @@ class Worker:
         self.replicas, self.wait_ms = settings.redis_replicas, settings.redis_wait_ms
         self.redis = await connect_redis(settings.redis_url)
         await self._scripts.load(self.redis)
-        self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes, self.redis)
+        self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes)
+        # Its replies carry its login as their user-id (the broker checks it): --authenticate-replies reads it.
+        self.broker.user_id = login_user(self.broker.connection)
         self.broker.on_dead_letter = self._dead_lettered
         queue = await self.broker.declare_participant(self.name)
         await self.redis.sadd(names.queues_key, queue.name)

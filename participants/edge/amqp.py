@@ -126,9 +126,9 @@ async def _bind(channel: AbstractChannel, queue: str, exchange: str, key: str) -
 def login_user(connection: object) -> str | None:
     """The user a connection logs in as (aiormq's PLAIN login: the URL's, or guest), None if not known here.
 
-    Set as every publish's AMQP user-id, which RabbitMQ checks against the
-    login: a reply cannot claim another user's, so the orchestrator can
-    tell who sent it (`--authenticate-replies`).
+    A participant sets it as the AMQP user-id of its publishes, which RabbitMQ
+    checks against the login: a reply cannot claim another user's, so the
+    orchestrator can tell who sent it (`--authenticate-replies`).
     """
     url = getattr(connection, "url", None)
     if url is None or str(url.query.get("auth", "plain")).lower() != "plain":
@@ -165,7 +165,9 @@ class Broker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._acks = Acks()
-        self.user_id = login_user(connection)
+        # Set on every publish: a participant's own login (`login_user`), so that its replies say who sent them.
+        # None elsewhere: nobody reads the orchestrator's, and on its hot path the property is not free.
+        self.user_id: str | None = None
 
     @classmethod
     async def open(cls, url: str, names: Names, max_message_bytes: int = MiB, redis: Redis | None = None) -> Broker:

@@ -28,7 +28,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from orchestrator.client import SagaClient
 from orchestrator.namespace import drop
-from participants.edge.amqp import Broker, Envelope
+from participants.edge.amqp import Broker, Envelope, login_user
 from participants.edge.settings import Settings
 from statemachines.dsl import Saga, Step
 from statemachines.messages import Command, ErrorInfo, Reply, encode
@@ -160,6 +160,7 @@ async def test_a_participant_cannot_answer_for_another_nor_read_its_queue(tmp_pa
                 await publish(channel, msgspec.structs.replace(forged, message_id=f"{command.message_id}/anon"))
                 # Naming itself, it is au_pay's reply, but the step is au_ship's.
                 own = await Broker.open(as_user(pay_user).amqp_url, names)
+                own.user_id = login_user(own.connection)
                 try:
                     mine = msgspec.structs.replace(
                         forged, message_id=f"{command.message_id}/mine", participant="au_pay"
