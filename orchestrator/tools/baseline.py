@@ -1,9 +1,10 @@
 """The yardstick for `saga bench`: a bare aio-pika request/reply ring.
 
 Two processes, with the guarantees of a saga step and nothing else: durable
-quorum queues, persistent messages, publisher confirms, manual acks, and one
-Redis write per reply (the requester records each answer, as the
-orchestrator records each transition). It is plain aio-pika and redis-py,
+queues of the namespace's type (quorum unless SAGA_QUEUE_TYPE says classic),
+persistent messages, publisher confirms, manual acks, and one Redis write
+per reply (the requester records each answer, as the orchestrator records
+each transition). It is plain aio-pika and redis-py,
 as a team would write it: none of the batching and corking of our own
 connections. One unit is three round trips, as an
 order saga is three steps.
