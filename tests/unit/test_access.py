@@ -125,3 +125,11 @@ def test_a_bad_authenticate_replies_setting_is_one_sentence(
     monkeypatch.setenv("SAGA_AUTHENTICATE_REPLIES", "maybe")
     assert main(["orchestrator"]) == 1
     assert capsys.readouterr().err == "saga: SAGA_AUTHENTICATE_REPLIES must be 1 or 0 (true/false, yes/no, on/off)\n"
+
+
+def test_the_definitions_follow_the_queue_type() -> None:
+    classic = Names("shop", "classic")
+    queues = {q["name"]: q["arguments"] for q in definitions(classic, ["pay"], "/")["queues"]}
+    assert queues[classic.participant_queue("pay")] == classic.queue_arguments()
+    assert queues[classic.dead_queue] == classic.dead_queue_arguments()
+    assert all(args.get("x-queue-type") != "quorum" for args in queues.values())
