@@ -158,7 +158,7 @@ class Worker:
         self.replicas, self.wait_ms = settings.redis_replicas, settings.redis_wait_ms
         self.redis = await connect_redis(settings.redis_url)
         await self._scripts.load(self.redis)
-        self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes)
+        self.broker = await Broker.open(settings.amqp_url, names, settings.max_message_bytes, self.redis)
         # Its replies carry its login as their user-id (the broker checks it): --authenticate-replies reads it.
         self.broker.user_id = login_user(self.broker.connection)
         self.broker.on_dead_letter = self._dead_lettered
