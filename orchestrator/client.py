@@ -219,12 +219,30 @@ class SagaClient:
             same = known is not None and known.start_digest in ("", digest)
             if same and known is not None and not outcome.done() and (known.status in TERMINAL or "running" in until):
                 return outcome_of(known)
-            event = await outcome
+            taken = None
+            if "running" in until:
+                # `running` is a best-effort event (none goes out while no queue takes them): Redis says it too.
+                taken = asyncio.create_task(self._taken(saga_id, digest, outcome))
+            try:
+                event = await outcome
+            finally:
+                if taken is not None:
+                    taken.cancel()
         finally:
             await channel.close()
         if event.status == REJECTED:
             raise refused(event)
         return event
+
+    async def _taken(self, saga_id: str, digest: str, outcome: asyncio.Future[SagaEvent]) -> None:
+        """Answer `outcome` once the saga of this start is in Redis: an orchestrator took it."""
+        delay = 0.01
+        while not outcome.done():
+            await asyncio.sleep(delay)  # the orchestrator's commit, looked for ever more slowly up to 4 times a second
+            delay = min(delay * 2, 0.25)
+            known = await self.store.load(saga_id)
+            if known is not None and known.start_digest in ("", digest) and not outcome.done():
+                outcome.set_result(outcome_of(known))
 
     @overload
     async def signal(

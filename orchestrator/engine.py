@@ -42,6 +42,12 @@ CONFLICT_RETRIES = 20
 WRITTEN_CACHE = 100_000
 
 
+# Lifecycle events kept in the outbox until confirmed, and re-published after a crash; the
+# others (`running`, `compensating`) are best-effort notices (docs/protocol.md, section 3.6).
+GUARANTEED = TERMINAL
+# After a best-effort event that no queue took, how long that type's events of that status are not published.
+UNROUTED_PAUSE = 1.0
+
 # How often a held-back deadline looks again whether its participant is back.
 HOLD_RECHECK = 5.0
 
@@ -111,6 +117,9 @@ class Engine:
         self._confirmed: list[tuple[str, int]] = []
         self._confirmed_ready = asyncio.Event()
         self._written: OrderedDict[str, SagaInstance] = OrderedDict()
+        # (saga type, status) of best-effort events that no queue took lately: until when to skip them.
+        self._unrouted: dict[tuple[str, str], float] = {}
+        self.unrouted_pause = UNROUTED_PAUSE
         self.breakers = Breakers(store, broker, clock)
         self._policies: dict[tuple[str, int], dict[str, CircuitBreaker]] = {}
         self._guards: dict[tuple[str, int, str], str | None] = {}
@@ -271,7 +280,14 @@ class Engine:
             self._written[new.saga_id] = new
             if len(self._written) > WRITTEN_CACHE:
                 self._written.popitem(last=False)
-        if envelopes:
+        notices = self.notices(decision) if decision.events else []
+        if notices:
+            # Beside the outbox, not after it: the confirms of both come back together.
+            sent = [self._notify(new.saga_type, status, envelope) for status, envelope in notices]
+            if envelopes:
+                sent.append(self.deliver(new.saga_id, new.rev, envelopes))
+            await asyncio.gather(*sent)
+        elif envelopes:
             await self.deliver(new.saga_id, new.rev, envelopes)
         return decision
 
@@ -295,13 +311,41 @@ class Engine:
                 )
             )
         for event in decision.events:
+            if event.status not in GUARANTEED:
+                continue  # best-effort: `notices`, after the commit
             body = encode(event)
             message_id = f"{inst.saga_id}:{inst.rev}:{event.status}"
             key = names.event_key(event.saga_type, event.saga_id, event.status)
             out.append(Envelope(names.events_exchange, key, body, message_id, inst.saga_id, "SagaEvent"))
-            if event.status in TERMINAL and inst.reply_to:
+            if inst.reply_to:
                 out.append(Envelope("", inst.reply_to, body, message_id, inst.saga_id, "SagaEvent"))
         return out
+
+    def notices(self, decision: Decision) -> list[tuple[str, Envelope]]:
+        """The decision's best-effort events (`running`, `compensating`) that some queue may take.
+
+        Not in the outbox: a crash may lose one, and the saga in Redis says
+        the same. One that no queue took (it came back) stops that type's
+        events of that status for `unrouted_pause` seconds.
+        """
+        inst = decision.instance
+        assert inst is not None
+        out: list[tuple[str, Envelope]] = []
+        for event in decision.events:
+            if event.status in GUARANTEED:
+                continue
+            if self._unrouted.get((event.saga_type, event.status), 0.0) > self.clock():
+                self.stats["events_skipped"] += 1
+                continue
+            key = self.names.event_key(event.saga_type, event.saga_id, event.status)
+            message_id = f"{inst.saga_id}:{inst.rev}:{event.status}"
+            envelope = Envelope(self.names.events_exchange, key, encode(event), message_id, inst.saga_id, "SagaEvent")
+            out.append((event.status, envelope))
+        return out
+
+    async def _notify(self, saga_type: str, status: str, envelope: Envelope) -> None:
+        if not await self.broker.notify(envelope):
+            self._unrouted[(saga_type, status)] = self.clock() + self.unrouted_pause
 
     async def deliver(self, saga_id: str, rev: int, envelopes: list[Envelope]) -> None:
         """Publish with confirms, then let the outbox go; on failure the sweep retries."""

@@ -26,6 +26,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ExchangeType,
 )
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     AMQPError,
     ChannelAccessRefused,
@@ -391,7 +392,21 @@ class Broker:
         elif envelopes:
             await asyncio.gather(*(self._publish(e) for e in envelopes))
 
-    async def _publish(self, envelope: Envelope, headers: dict[str, Any] | None = None) -> None:
+    async def notify(self, envelope: Envelope) -> bool:
+        """Publish a best-effort notice (mandatory); False if no queue was bound for it, or it could not go.
+
+        Confirmed like the rest (the channel confirms every publish), but
+        nothing is kept to send it again: a failure is only logged.
+        """
+        try:
+            return await self._publish(envelope, mandatory=True)
+        except Exception as exc:
+            log.debug("notice %s was not published: %r", envelope.routing_key, exc)
+            return False
+
+    async def _publish(
+        self, envelope: Envelope, headers: dict[str, Any] | None = None, mandatory: bool = False
+    ) -> bool:
         # Straight to aiormq: an aio_pika.Message per publish costs more than
         # the rest of the publish; the robust channel still reconnects.
         # aiormq's abstract channel does not declare wait=; its channel does.
@@ -411,13 +426,17 @@ class Broker:
         # the confirm, awaited here, comes after the write anyway; waiting for
         # the write as well holds the channel's lock until the frame is
         # drained, which makes every publish on the channel a send of its own.
-        await channel.basic_publish(
+        # A mandatory publish that no queue takes comes back (basic.return)
+        # before its confirm: aiormq then answers with the returned message.
+        confirmed = await channel.basic_publish(
             envelope.body,
             exchange=envelope.exchange,
             routing_key=envelope.routing_key,
             properties=properties,
+            mandatory=mandatory,
             wait=False,
         )
+        return not isinstance(confirmed, DeliveredMessage)
 
     async def dead_letter(
         self,
