@@ -35,6 +35,7 @@ from statemachines.messages import Command, ErrorInfo, Reply, encode
 from tests.integration.conftest import eventually, spawn
 from tests.integration.private import RabbitNode, rabbit_node
 from tests.integration.scripted import Scripted, cli, now, open_store, take_dead_letters
+from tests.integration.test_node_participant import node_payment
 
 pytestmark = pytest.mark.slow
 MODULE = "tests.integration.test_reply_authenticity"
@@ -45,6 +46,13 @@ order = Saga(
         Step("charge", participant="au_pay", command="charge", compensation="refund", timeout=30.0),
         Step("ship", participant="au_ship", command="ship", compensation="unship", timeout=30.0),
     ],
+)
+
+
+# The Node.js reference participant, as a least-privilege user too.
+node_order = Saga(
+    "au_node_order",
+    steps=[Step("pay", participant="payment", command="charge", compensation="refund", timeout=30.0)],
 )
 
 
@@ -71,11 +79,8 @@ async def test_a_participant_cannot_answer_for_another_nor_read_its_queue(tmp_pa
     async with rabbit_node(tmp_path) as node:
         admin = dataclasses.replace(settings, amqp_url=node.url)
         passwords = await apply_access(admin, node)
-        assert set(passwords) == {
-            names.orchestrator_user,
-            names.participant_user("au_pay"),
-            names.participant_user("au_ship"),
-        }
+        participants = ("au_pay", "au_ship", "payment")
+        assert set(passwords) == {names.orchestrator_user, *map(names.participant_user, participants)}
 
         def as_user(user: str) -> Settings:
             return dataclasses.replace(settings, amqp_url=url(node.port, user, passwords[user]))
@@ -253,7 +258,7 @@ async def test_with_the_definitions_loaded_participants_start_before_the_orchest
         definitions = tmp_path / "definitions.json"
         definitions.write_text(printed.stdout)
         await node.ctl("import_definitions", str(definitions))
-        users = [names.orchestrator_user, names.participant_user("au_pay"), names.participant_user("au_ship")]
+        users = [names.orchestrator_user, *map(names.participant_user, ("au_pay", "au_ship", "payment"))]
         passwords = {user: f"pw-{n}" for n, user in enumerate(users)}
 
         async def passwords_set() -> bool:
@@ -278,12 +283,17 @@ async def test_with_the_definitions_loaded_participants_start_before_the_orchest
         try:
             for worker in workers:  # no orchestrator has run: the definitions declared what they use
                 await worker.start(as_user(names.participant_user(worker.name)))
-            orchestrator = as_user(names.orchestrator_user)
-            process = spawn(orchestrator, "orchestrator", "--sagas", MODULE, "--authenticate-replies", log=log)
-            client = await SagaClient.connect(orchestrator)
-            done = await client.start("au_order", {"customer": "c-3"}, wait=True, timeout=60)
-            assert done.status == "completed", done
-            assert done.data == {"customer": "c-3", "charged": 5, "tracking": "T-2"}
+            async with node_payment(as_user(names.participant_user("payment"))):
+                orchestrator = as_user(names.orchestrator_user)
+                process = spawn(orchestrator, "orchestrator", "--sagas", MODULE, "--authenticate-replies", log=log)
+                client = await SagaClient.connect(orchestrator)
+                done = await client.start("au_order", {"customer": "c-3"}, wait=True, timeout=60)
+                assert done.status == "completed", done
+                assert done.data == {"customer": "c-3", "charged": 5, "tracking": "T-2"}
+                # The Node.js participant's replies carry its login as user_id too.
+                paid = await client.start("au_node_order", {"customer_id": "c-4", "amount": 100}, wait=True, timeout=60)
+                assert paid.status == "completed", paid
+                assert "charge_id" in paid.data
         finally:
             for worker in workers:
                 await worker.close()
@@ -296,6 +306,6 @@ async def test_with_the_definitions_loaded_participants_start_before_the_orchest
                 except subprocess.TimeoutExpired:
                     process.kill()
             log.close()
-            await drop(admin, {"au_pay", "au_ship"})
+            await drop(admin, {"au_pay", "au_ship", "payment"})
     # Declared exactly as the orchestrator declares them: no argument differs.
     assert "PRECONDITION_FAILED" not in (tmp_path / "orchestrator.log").read_text(errors="replace")

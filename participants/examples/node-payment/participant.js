@@ -73,7 +73,7 @@ export class Participant {
     this.connection.on('error', (err) => this.log.error(`amqp: ${err.message}`));
     // 1: every publish waits for the broker's confirm.
     this.publisher = await this.connection.createConfirmChannel();
-    await this.declare(this.publisher);
+    await this.declare();
     this.consumer = await this.connection.createChannel();
     await this.consumer.prefetch(this.prefetch);
     const { consumerTag } = await this.consumer.consume(this.queue, (msg) => this.track(msg), { noAck: false });
@@ -82,21 +82,38 @@ export class Participant {
   }
 
   // 2.3: declare everything this participant uses, exactly as the orchestrator does, so either may start first.
-  async declare(channel) {
+  // Each on a channel of its own: a least-privilege user (5.11) may declare only its queue and bind nothing, and
+  // the broker closes the channel of a refused declare; what it may not declare it uses as it exists.
+  async declare() {
     const ns = this.ns;
-    await channel.assertExchange(`${ns}.reply-exchange`, 'direct', { durable: true, autoDelete: false });
-    await channel.assertExchange(`${ns}.commands`, 'direct', { durable: true, autoDelete: false });
-    await channel.assertExchange(`${ns}.events`, 'topic', { durable: true, autoDelete: false });
-    await channel.assertExchange(`${ns}.dead`, 'topic', { durable: true, autoDelete: false });
-    await channel.assertQueue(`${ns}.dead-letters`, { durable: true, exclusive: false, autoDelete: false });
-    await channel.bindQueue(`${ns}.dead-letters`, `${ns}.dead`, '#');
-    await channel.assertQueue(this.queue, {
-      durable: true,
-      exclusive: false,
-      autoDelete: false,
-      arguments: { 'x-queue-type': 'quorum', 'x-dead-letter-exchange': `${ns}.dead`, 'x-delivery-limit': 10 },
-    });
-    await channel.bindQueue(this.queue, `${ns}.commands`, this.name);
+    const exchange = (name, type) => (ch) => ch.assertExchange(name, type, { durable: true, autoDelete: false });
+    const steps = [
+      exchange(`${ns}.reply-exchange`, 'direct'),
+      exchange(`${ns}.commands`, 'direct'),
+      exchange(`${ns}.events`, 'topic'),
+      exchange(`${ns}.dead`, 'topic'),
+      (ch) => ch.assertQueue(`${ns}.dead-letters`, { durable: true, exclusive: false, autoDelete: false }),
+      (ch) => ch.bindQueue(`${ns}.dead-letters`, `${ns}.dead`, '#'),
+      (ch) => ch.assertQueue(this.queue, {
+        durable: true,
+        exclusive: false,
+        autoDelete: false,
+        arguments: { 'x-queue-type': 'quorum', 'x-dead-letter-exchange': `${ns}.dead`, 'x-delivery-limit': 10 },
+      }),
+      (ch) => ch.bindQueue(this.queue, `${ns}.commands`, this.name),
+    ];
+    for (const step of steps) {
+      const channel = await this.connection.createChannel();
+      channel.on('error', () => {}); // a refused declare closes its channel: the rejected call says why
+      try {
+        await step(channel);
+      } catch (err) {
+        if (!String(err.message).includes('ACCESS_REFUSED')) throw err;
+        this.log.info(`${err.message}; using it as it is`);
+      } finally {
+        await channel.close().catch(() => {});
+      }
+    }
   }
 
   async stop() {
