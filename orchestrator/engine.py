@@ -116,6 +116,8 @@ class Engine:
         self._held: dict[str, float] = {}
         self._confirmed: list[tuple[str, int]] = []
         self._confirmed_ready = asyncio.Event()
+        # How long a confirmed outbox waits before it is cleared (0: at once); the service sets it.
+        self.clear_after = 0.0
         self._written: OrderedDict[str, SagaInstance] = OrderedDict()
         # (saga type, status) of best-effort events that no queue took lately: until when to skip them.
         self._unrouted: dict[tuple[str, str], float] = {}
@@ -359,11 +361,25 @@ class Engine:
         self._confirmed_ready.set()
 
     async def clear_confirmed(self) -> None:
-        """Forget confirmed outboxes in batches: one round trip for many replies."""
+        """Forget confirmed outboxes in batches: one round trip for many replies.
+
+        With `clear_after`, a confirmed outbox waits that long first: the
+        saga's next transition (its reply is often back by then) replaces
+        it in its commit, and one this process knows was replaced is not
+        cleared at all. The sweep leaves an outbox alone for longer than that.
+        """
         while True:
             await self._confirmed_ready.wait()
             self._confirmed_ready.clear()
-            batch, self._confirmed = self._confirmed, []
+            if self.clear_after:
+                await asyncio.sleep(self.clear_after)
+            confirmed, self._confirmed = self._confirmed, []
+            newest: dict[str, int] = {}
+            for saga_id, rev in confirmed:  # a saga's older outboxes were replaced by its newer commits
+                newest[saga_id] = max(rev, newest.get(saga_id, rev))
+            batch = [(saga_id, rev) for saga_id, rev in newest.items() if not self._replaced(saga_id, rev)]
+            if not batch:
+                continue
             try:
                 await self.store.clear_outboxes(batch)
             except Exception as exc:  # Redis away: keep them, a left-over outbox is only re-sent
@@ -371,6 +387,11 @@ class Engine:
                 self._confirmed[:0] = batch
                 await asyncio.sleep(0.5)
                 self._confirmed_ready.set()
+
+    def _replaced(self, saga_id: str, rev: int) -> bool:
+        """Whether this process committed a newer transition of the saga, whose commit replaced outbox `rev`."""
+        newer = self._written.get(saga_id)
+        return newer is not None and newer.rev > rev
 
     async def close(self) -> None:
         """Forget the outboxes confirmed so far (best effort), then close Redis."""

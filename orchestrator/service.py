@@ -35,6 +35,10 @@ from statemachines.messages import MalformedMessage, Reply, decode
 log = logging.getLogger("saga.orchestrator")
 
 
+# How long a confirmed outbox waits to be cleared: most are replaced by their saga's next commit meanwhile.
+CLEAR_AFTER = 0.5
+
+
 @dataclass
 class Tuning:
     prefetch: int = 256
@@ -90,6 +94,8 @@ class Orchestrator:
             queues.append((await broker.declare_participant(participant)).name)
         await redis.sadd(names.queues_key, *queues)
         self.engine = Engine(store, broker, self.registry, names)
+        # Well within the sweep's grace, so that the sweep never re-publishes what waits to be cleared.
+        self.engine.clear_after = min(CLEAR_AFTER, self.tuning.sweep_grace / 4)
         self.refusals = Refusals(self.engine)
         if self.tuning.hold_seconds > 0:
             self.engine.presence = Presence(broker)

@@ -135,7 +135,9 @@ class Metrics:
             "Outboxes dropped because they can never be published (their saga is stuck with the reason).",
             "saga_type",
         )
-        self.outbox_backlog = gauge("saga_outbox_backlog", "Sagas whose latest messages the broker has not confirmed.")
+        self.outbox_backlog = gauge(
+            "saga_outbox_backlog", "Sagas whose latest messages the broker has not confirmed within 2 s."
+        )
         self.deadline_lag = gauge(
             "saga_deadline_lag_seconds", "Age of the oldest deadline that is due and not yet fired (0: none)."
         )
@@ -341,6 +343,10 @@ async def poll(redis: Redis, names: Names, every: float = POLL_SECONDS) -> None:
         await asyncio.sleep(every)
 
 
+# An outbox older than this is counted in saga_outbox_backlog: longer than a confirm and the clear after it take.
+OUTBOX_LATE = 2.0
+
+
 async def read_backlogs(redis: Redis, names: Names) -> None:
     """The gauges only Redis knows, from indexes the orchestrator keeps anyway: no scan of every saga."""
     m = current
@@ -350,7 +356,8 @@ async def read_backlogs(redis: Redis, names: Names) -> None:
     pipe = redis.pipeline(transaction=False)
     pipe.zrange(names.stuck_index, 0, -1, withscores=True)
     for bucket in range(BUCKETS):
-        pipe.zcard(names.outbox_index(bucket))
+        # Confirmed outboxes wait a moment to be forgotten (Engine.clear_after): count only the late ones.
+        pipe.zcount(names.outbox_index(bucket), "-inf", now_ms - OUTBOX_LATE * 1000)
         pipe.zcard(names.deadline_key(bucket))
         pipe.zrange(names.deadline_key(bucket), 0, 0, withscores=True)
     stuck, *buckets = await pipe.execute()

@@ -72,7 +72,12 @@ async def test_a_start_committed_but_never_published_is_swept_and_finishes(stack
     assert [(h.event, h.source, h.dest) for h in transitions(entries) if h.source != h.dest] == ORDER_PATH
     assert await stock_levels(stack) == {"sku-1": before["sku-1"] - 2, "sku-2": before["sku-2"] - 1}
     assert await ledger(stack, saga_id) == (4200, 0)
-    assert not await engine.store.redis.exists(stack.names.outbox_key(saga_id)), "the outbox is forgotten"
+    outbox = stack.names.outbox_key(saga_id)
+
+    async def forgotten() -> bool:
+        return not await engine.store.redis.exists(outbox)
+
+    await eventually(forgotten)  # once confirmed, and a moment later (Engine.clear_after)
 
 
 async def test_a_command_published_twice_by_the_sweep_runs_the_handler_once(
