@@ -267,8 +267,12 @@ class Engine:
                 if written:
                     timing.note(saga_id, "committed")
                     observe.committed(inst, event, decision)
-                    await self._committed(decision, envelopes)
-                    await self._count(decision, policies)
+                    if decision.breaker_results:
+                        # Counted as the messages go, not after their confirms: the next saga to
+                        # reach the breaker should find this result counted.
+                        await asyncio.gather(self._committed(decision, envelopes), self._count(decision, policies))
+                    else:
+                        await self._committed(decision, envelopes)
                     return decision
                 attempted = (decision, envelopes)
                 self.stats["conflicts"] += 1
