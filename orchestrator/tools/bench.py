@@ -1,6 +1,6 @@
 """`saga bench`: order sagas through real processes, against a bare ring in the same run.
 
-The orchestrator and the inventory, payment and shipping participants run
+The orchestrator and the inventory, payment, backup_payment and shipping participants run
 as child processes, as in production. N order sagas run with K in flight,
 some failing by design; the same N and K then run through the baseline ring
 (orchestrator.tools.baseline). The two alternate `repeat` times and the report
@@ -40,7 +40,9 @@ from participants.edge.connections import connect_amqp, connect_redis
 from participants.edge.settings import Settings
 from statemachines.messages import SagaEvent, StartSaga, decode, encode
 
-PARTICIPANTS = ("inventory", "payment", "shipping")
+# backup_payment answers charge_payment's fallback: without it a payment timeout under load
+# leaves the saga waiting on a queue nobody reads.
+PARTICIPANTS = ("inventory", "payment", "backup_payment", "shipping")
 ORDER_STEPS = ("reserve_inventory", "charge_payment", "create_shipment")
 TRIP_PARTICIPANTS = ("flight", "hotel", "car")
 TRIP_STEPS = ("book_flight", "book_hotel", "rent_car")
