@@ -119,6 +119,8 @@ class Engine:
         # How long a confirmed outbox waits before it is cleared (0: at once); the service sets it.
         self.clear_after = 0.0
         self._written: OrderedDict[str, SagaInstance] = OrderedDict()
+        # The rev of each saga's newest commit that replaced its outbox (an annotation leaves it).
+        self._outbox_revs: OrderedDict[str, int] = OrderedDict()
         # (saga type, status) of best-effort events that no queue took lately: until when to skip them.
         self._unrouted: dict[tuple[str, str], float] = {}
         self.unrouted_pause = UNROUTED_PAUSE
@@ -264,6 +266,11 @@ class Engine:
                     written = await self.store.annotate(inst.rev, new, decision.history)
                 else:
                     written = await self.store.commit(inst.rev if inst else 0, new, decision.history, outbox)
+                    if written:
+                        self._outbox_revs[saga_id] = new.rev
+                        self._outbox_revs.move_to_end(saga_id)
+                        if len(self._outbox_revs) > WRITTEN_CACHE:
+                            self._outbox_revs.popitem(last=False)
                 if written:
                     timing.note(saga_id, "committed")
                     observe.committed(inst, event, decision)
@@ -394,8 +401,7 @@ class Engine:
 
     def _replaced(self, saga_id: str, rev: int) -> bool:
         """Whether this process committed a newer transition of the saga, whose commit replaced outbox `rev`."""
-        newer = self._written.get(saga_id)
-        return newer is not None and newer.rev > rev
+        return self._outbox_revs.get(saga_id, rev) > rev
 
     async def close(self) -> None:
         """Forget the outboxes confirmed so far (best effort), then close Redis."""

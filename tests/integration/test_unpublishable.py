@@ -111,7 +111,13 @@ async def test_a_finished_sagas_unpublishable_outbox_is_dropped_with_a_note(
             saga_id = outcome.saga_id
             inst = await store.load(saga_id)
             assert inst is not None
-            # Its last messages, as an older version could have left them unconfirmed.
+
+            # Once its own outbox is confirmed and forgotten (a moment after the outcome),
+            # its last messages as an older version could have left them unconfirmed.
+            async def forgotten() -> bool:
+                return not await redis.exists(settings.names.outbox_key(saga_id))
+
+            await eventually(forgotten)
             bad = Envelope("", BAD, b"{}", f"{saga_id}:x", saga_id, "SagaEvent")
             await redis.hset(settings.names.outbox_key(saga_id), mapping={"rev": inst.rev, "messages": pack([bad])})
             index = settings.names.outbox_index(settings.names.bucket(saga_id))
