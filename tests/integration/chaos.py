@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from orchestrator.client import SagaClient
 from orchestrator.store import RedisStore
 from orchestrator.tools.fleet import EXAMPLES, Fleet
+from participants.edge.amqp import REASON
 from participants.edge.connections import connect_amqp
 from participants.examples import backup_payment, bookings, inventory, payment, shipping
 from participants.examples.stock import Stock
@@ -267,13 +268,20 @@ async def wait_until_drained(amqp_url: str, queues: Sequence[str], timeout: floa
         await connection.close()
 
 
-async def dead_letters(amqp_url: str, names: Names) -> int:
-    """How many messages the namespace's dead-letter queue holds."""
+async def dead_letters(amqp_url: str, names: Names, reasons: list[str] | None = None) -> int:
+    """How many messages the namespace's dead-letter queue holds; the first few reasons into `reasons`."""
     connection = await connect_amqp(amqp_url)
     try:
         channel = await connection.channel()
         declared = await channel.declare_queue(names.dead_queue, passive=True)
-        return declared.declaration_result.message_count or 0
+        count = declared.declaration_result.message_count or 0
+        if reasons is not None:
+            for _ in range(min(count, 5)):  # left unacked: the queue still holds them when the channel closes
+                message = await declared.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                reasons.append(f"dead letter: {(message.headers or {}).get(REASON)!r}")
+        return count
     finally:
         await connection.close()
 
@@ -296,6 +304,7 @@ class Audit:
     handler_raised: list[str] = field(default_factory=list)
     # Messages a fault sent to the dead-letter queue: a crash or an outage is no reason to give up on one.
     dead_lettered: int = 0
+    dead_reasons: list[str] = field(default_factory=list)
     # Steps that failed with `unavailable`: a participant's handler kept raising (e.g. a lost Redis
     # connection that its client did not retry), and the saga spent an attempt on it.
     unavailable: list[str] = field(default_factory=list)
@@ -308,6 +317,7 @@ class Audit:
             *self.inconsistent,
             *self.applied_twice,
             *([f"{self.dead_lettered} message(s) dead-lettered"] if self.dead_lettered else []),
+            *self.dead_reasons,
             *self.unavailable,
             *self.handler_raised,
         ]

@@ -92,7 +92,7 @@ async def test_kill_9_loses_no_saga_and_applies_no_command_twice(settings: Setti
         ended, _ = await wait_until_ended(redis, settings.names, sagas, ENDED_WITHIN)
         await wait_until_drained(settings.amqp_url, queues(settings.names))
         result = await audit(redis, settings.names, sagas, ended, parallel=frozenset({"trip"}))
-        result.dead_lettered = await dead_letters(settings.amqp_url, settings.names)
+        result.dead_lettered = await dead_letters(settings.amqp_url, settings.names, result.dead_reasons)
         line = summary(f"crash test (seed {SEED})", sagas, result, fleet, time.monotonic() - began)
         line += f"; sagas of the wave still running at each kill: {in_flight}"
         print(line)

@@ -99,7 +99,7 @@ async def _outages(settings: Settings, node: RabbitNode, tmp_path: Path) -> None
         ended, _ = await wait_until_ended(redis, settings.names, sagas, ENDED_WITHIN)
         await wait_until_drained(settings.amqp_url, queues(settings.names))
         result = await audit(redis, settings.names, sagas, ended)
-        result.dead_lettered = await dead_letters(settings.amqp_url, settings.names)
+        result.dead_lettered = await dead_letters(settings.amqp_url, settings.names, result.dead_reasons)
         line = summary(f"outages (seed {SEED})", sagas, result, fleet, time.monotonic() - began)
         line += f"; broker restarts 1 (all queues consumed again after {reconnected:.1f}s)"
         line += f", Redis connections killed {' + '.join(str(k.total()) for k in killed)}"

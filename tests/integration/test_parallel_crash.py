@@ -77,7 +77,7 @@ async def test_kill_9_inside_parallel_groups_loses_and_doubles_nothing(settings:
         queues = [names.start_queue, names.reply_queue, *(names.participant_queue(p) for p in BOOKINGS)]
         await wait_until_drained(settings.amqp_url, queues)
         result = await audit(redis, names, sagas, ended, parallel=frozenset({"trip"}))
-        result.dead_lettered = await dead_letters(settings.amqp_url, names)
+        result.dead_lettered = await dead_letters(settings.amqp_url, names, result.dead_reasons)
         line = summary(f"parallel crash test (seed {SEED})", sagas, result, fleet, time.monotonic() - began)
         line += f"; trips of the wave still running at each kill: {in_flight}"
         print(line)

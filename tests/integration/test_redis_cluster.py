@@ -117,7 +117,7 @@ async def test_sagas_from_two_orchestrators_survive_a_redis_master_killed(tmp_pa
             ended, _ = await wait_until_ended(redis, settings.names, sagas, 120)
             await wait_until_drained(settings.amqp_url, queues(settings.names))
             result = await audit(redis, settings.names, sagas, ended)
-            result.dead_lettered = await dead_letters(settings.amqp_url, settings.names)
+            result.dead_lettered = await dead_letters(settings.amqp_url, settings.names, result.dead_reasons)
             line = summary("redis cluster failover", sagas, result, fleet, time.monotonic() - began)
             line += f"; running at the kill {running}, failover {failover:.1f}s"
             print(line)
